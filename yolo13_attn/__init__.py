@@ -1,0 +1,28 @@
+"""yolo13-attn: YOLOv13 on stock Ultralytics, with interchangeable attention backends.
+
+``import yolo13_attn`` teaches Ultralytics to build (``YOLO("yolov13n.yaml")``) and load
+(``YOLO("yolov13n.pt")``) YOLOv13; ``yolo13_attn.patch(model, backend=...)`` swaps the math of its
+attention layers for a backend (``naive``, ``sdpa``, ``flash``, ``triton``, ``cuda`` or ``auto``).
+"""
+
+from .backends import BackendUnsupportedError, available_backends
+from .integration import install as _install_into_ultralytics
+from .ops import area_attention, hypergraph_aggregate, hypergraph_scatter
+from .patching import LayerReport, PatchHandle, patch, unpatch
+
+__version__ = "0.1.0"
+
+_install_into_ultralytics()
+
+__all__ = [
+    "BackendUnsupportedError",
+    "LayerReport",
+    "PatchHandle",
+    "__version__",
+    "area_attention",
+    "available_backends",
+    "hypergraph_aggregate",
+    "hypergraph_scatter",
+    "patch",
+    "unpatch",
+]

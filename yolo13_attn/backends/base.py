@@ -1,0 +1,163 @@
+"""What every backend declares, and how a call is checked against the declaration.
+
+In the xformers manner each backend is a class that states what it supports (devices, dtypes,
+head dims, autograd, determinism) and answers :meth:`Backend.not_supported_reasons` for a concrete
+call. Dispatch (``registry.py``) is a priority list over those answers, so "can this backend
+serve this call?" has exactly one implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+AREA = "area"
+HYPERGRAPH = "hypergraph"
+OPS = (AREA, HYPERGRAPH)
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """The facts about one call of an op that decide which backend may serve it.
+
+    ``head_dim`` is the per-head width for area attention and the full embedding width D for the
+    hypergraph (its aggregation is one attention head of width D).
+    """
+
+    op: str
+    device: torch.device
+    dtype: torch.dtype
+    head_dim: int
+    requires_grad: bool = False
+    has_dropout_mask: bool = False
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @classmethod
+    def for_area(cls, q: Tensor, k: Tensor, v: Tensor) -> OpCall:
+        """Describe ``area_attention(q, k, v, ...)`` with q/k/v ``(B, heads, head_dim, N)``."""
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        return cls(AREA, q.device, q.dtype, q.shape[2], grad)
+
+    @classmethod
+    def for_hypergraph(cls, x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None) -> OpCall:
+        """Describe a hypergraph call with x/xp ``(B, N, D)`` and prototypes ``(B, M, D)``."""
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, xp, prototypes))
+        return cls(HYPERGRAPH, x.device, x.dtype, x.shape[-1], grad, dropout_mask is not None)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What a backend will run for a call: the concrete kernel and the dtype it computes in."""
+
+    kernel: str
+    compute_dtype: torch.dtype
+    note: str = ""
+
+
+class Backend:
+    """Base class of one op's implementation in one backend.
+
+    Subclasses set the class attributes and implement :meth:`plan` plus the op's entry points
+    (``forward`` for area attention; ``aggregate``/``scatter`` for the hypergraph).
+    """
+
+    name: ClassVar[str]
+    op: ClassVar[str]
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
+    dtypes: ClassVar[frozenset[torch.dtype]] = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+    min_head_dim: ClassVar[int] = 1
+    max_head_dim: ClassVar[int | None] = None
+    head_dim_multiple: ClassVar[int] = 1
+    supports_backward: ClassVar[bool] = True
+    supports_dropout_mask: ClassVar[bool] = True
+    deterministic: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def availability_reasons(cls) -> list[str]:
+        """Why this backend cannot run at all on this machine (missing package, not built, ...)."""
+        return []
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return not cls.availability_reasons()
+
+    @classmethod
+    def not_supported_reasons(cls, call: OpCall) -> list[str]:
+        """Every reason this backend cannot serve ``call``; empty when it can."""
+        reasons = list(cls.availability_reasons())
+        if call.op != cls.op:
+            reasons.append(f"implements op {cls.op!r}, not {call.op!r}")
+        if call.device_type not in cls.devices:
+            reasons.append(f"device {call.device_type!r} not supported (supports {sorted(cls.devices)})")
+        if call.dtype not in cls.dtypes:
+            names = sorted(str(d).removeprefix("torch.") for d in cls.dtypes)
+            reasons.append(f"dtype {str(call.dtype).removeprefix('torch.')} not supported (supports {names})")
+        if call.head_dim < cls.min_head_dim or (cls.max_head_dim is not None and call.head_dim > cls.max_head_dim):
+            reasons.append(f"head_dim {call.head_dim} outside [{cls.min_head_dim}, {cls.max_head_dim or 'inf'}]")
+        elif call.head_dim % cls.head_dim_multiple:
+            reasons.append(f"head_dim {call.head_dim} not a multiple of {cls.head_dim_multiple}")
+        if call.requires_grad and not cls.supports_backward:
+            reasons.append("no backward: inputs require grad")
+        if call.has_dropout_mask and not cls.supports_dropout_mask:
+            reasons.append("cannot apply the training-mode logit dropout mask")
+        return reasons + cls.extra_reasons(call)
+
+    @classmethod
+    def extra_reasons(cls, call: OpCall) -> list[str]:
+        """Backend-specific constraints beyond the declared ones."""
+        return []
+
+    @classmethod
+    def plan(cls, call: OpCall) -> KernelPlan:
+        """The kernel this backend runs for ``call`` and its compute dtype (for reports)."""
+        raise NotImplementedError
+
+    @classmethod
+    def capabilities(cls) -> dict[str, object]:
+        """The declaration as plain data, for ``available_backends()`` and ``info``."""
+        return {
+            "op": cls.op,
+            "devices": sorted(cls.devices),
+            "dtypes": sorted(str(d).removeprefix("torch.") for d in cls.dtypes),
+            "head_dim": [cls.min_head_dim, cls.max_head_dim],
+            "backward": cls.supports_backward,
+            "dropout_mask": cls.supports_dropout_mask,
+            "deterministic": cls.deterministic,
+        }
+
+
+class AreaAttentionBackend(Backend):
+    """Area attention: ``forward(q, k, v, area, scale) -> o``, all ``(B, heads, head_dim, N)``."""
+
+    op: ClassVar[str] = AREA
+
+    @classmethod
+    def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
+        raise NotImplementedError
+
+
+class HypergraphBackend(Backend):
+    """Hypergraph aggregation and scatter, with the shapes of ``ops/reference.py``."""
+
+    op: ClassVar[str] = HYPERGRAPH
+
+    @classmethod
+    def aggregate(
+        cls, x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, dropout_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(he (B, M, D), lse (B, M) float32)``."""
+        raise NotImplementedError
+
+    @classmethod
+    def scatter(
+        cls, xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float, dropout_mask: Tensor | None
+    ) -> Tensor:
+        """``xn (B, N, D)``."""
+        raise NotImplementedError

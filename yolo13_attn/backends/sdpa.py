@@ -1,0 +1,76 @@
+"""``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; PyTorch picks the inner kernel.
+
+The report names the kernel PyTorch would pick for the call's device, dtype and head dim
+(flash, memory-efficient, cuDNN or math), as asked of ``torch._fused_sdp_choice``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops.reference import from_area_tokens, hyperedge_logits, to_area_tokens
+from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
+from .naive import NaiveHypergraph, accumulation_dtype
+from .registry import register
+
+_SDP_KERNELS = {0: "math", 1: "flash", 2: "memory-efficient", 3: "cuDNN", 4: "overrideable"}
+
+
+def sdpa_kernel_choice(call: OpCall, seq_q: int = 64, seq_k: int = 64, with_mask: bool = False) -> str:
+    """The SDPA inner kernel PyTorch selects for a call like ``call`` (probed on tiny tensors)."""
+    shape_q, shape_k = (1, 1, seq_q, call.head_dim), (1, 1, seq_k, call.head_dim)
+    q = torch.empty(shape_q, device=call.device, dtype=call.dtype)
+    k = torch.empty(shape_k, device=call.device, dtype=call.dtype)
+    mask = torch.empty((1, 1, seq_q, seq_k), device=call.device, dtype=call.dtype) if with_mask else None
+    try:
+        choice = torch._fused_sdp_choice(q, k, k, mask, 0.0, False)
+    except (AttributeError, RuntimeError):
+        return "unknown (PyTorch does not expose its choice)"
+    return _SDP_KERNELS.get(int(choice), f"backend #{int(choice)}")
+
+
+@register
+class SdpaAreaAttention(AreaAttentionBackend):
+    name = "sdpa"
+    deterministic = False
+    description = "torch scaled_dot_product_attention on (B*area, heads, N/area, head_dim) copies"
+
+    @classmethod
+    def plan(cls, call: OpCall) -> KernelPlan:
+        return KernelPlan(f"sdpa/{sdpa_kernel_choice(call)}", call.dtype)
+
+    @classmethod
+    def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
+        b = q.shape[0]
+        qt, kt, vt = (to_area_tokens(t, area).flatten(0, 1) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qt, kt, vt, scale=scale)
+        return from_area_tokens(out.unflatten(0, (b, area)))
+
+
+@register
+class SdpaHypergraph(HypergraphBackend):
+    name = "sdpa"
+    deterministic = False
+    description = (
+        "aggregation as SDPA with the M prototypes as queries (logit dropout as an additive bias); "
+        "lse from the explicit (B, N, M) logits; scatter is the reference matmul"
+    )
+
+    @classmethod
+    def plan(cls, call: OpCall) -> KernelPlan:
+        kernel = sdpa_kernel_choice(call, seq_q=8, seq_k=64, with_mask=call.has_dropout_mask)
+        return KernelPlan(f"sdpa/{kernel} + matmul scatter", call.dtype)
+
+    @classmethod
+    def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
+        logits = hyperedge_logits(xp.to(accumulation_dtype(xp.dtype)), prototypes.to(accumulation_dtype(xp.dtype)), scale)
+        bias = None
+        if dropout_mask is not None:  # softmax(l * mask) == softmax(l + l * (mask - 1))
+            bias = (logits * (dropout_mask - 1)).transpose(1, 2).unsqueeze(1).to(x.dtype)
+            logits = logits * dropout_mask
+        he = F.scaled_dot_product_attention(prototypes.unsqueeze(1), xp.unsqueeze(1), x.unsqueeze(1), attn_mask=bias, scale=scale)
+        return he.squeeze(1), torch.logsumexp(logits, dim=1).float()
+
+    scatter = NaiveHypergraph.scatter

@@ -1,0 +1,116 @@
+"""Official-format checkpoints: YOLOv13 layers pickle under Ultralytics' qualified names.
+
+An official ``yolov13*.pt`` pickles its layers as ``ultralytics.nn.modules.block.<Name>`` (and
+``ultralytics.nn.modules.conv.DSConv``). Names stock Ultralytics lacks are registered there, so
+those load as our classes. Three names clash with stock YOLO12 classes (``AAttn``, ``ABlock``,
+``A2C2f``): our versions pickle *as* the stock name (so the official YOLOv13 code loads what we
+save), and the stock classes' ``__setstate__`` is wrapped to turn an object whose state has the
+YOLOv13 shape (an AAttn with a ``qk`` conv, a block holding one) into our class. YOLO12 objects
+keep their class. ``copy.deepcopy`` takes the same path, so it preserves the class too.
+"""
+
+from __future__ import annotations
+
+import copyreg
+from collections.abc import Callable
+from typing import Any
+
+import ultralytics.nn.modules.block as ul_block
+import ultralytics.nn.modules.conv as ul_conv
+from torch import nn
+
+from .. import nn as v13
+
+_REGISTERED = {
+    ul_block: (
+        v13.DSBottleneck,
+        v13.DSC3k,
+        v13.DSC3k2,
+        v13.AdaHyperedgeGen,
+        v13.AdaHGConv,
+        v13.AdaHGComputation,
+        v13.C3AH,
+        v13.FuseModule,
+        v13.HyperACE,
+        v13.DownsampleConv,
+        v13.FullPAD_Tunnel,
+    ),
+    ul_conv: (v13.DSConv,),
+}
+
+
+def _children(state: dict[str, Any]) -> dict[str, nn.Module]:
+    return state.get("_modules") or {}
+
+
+def _is_v13_aattn(state: dict[str, Any]) -> bool:
+    return "qk" in _children(state)
+
+
+def _is_v13_ablock(state: dict[str, Any]) -> bool:
+    return isinstance(_children(state).get("attn"), v13.AAttn)
+
+
+def _is_v13_a2c2f(state: dict[str, Any]) -> bool:
+    blocks = _children(state).get("m")
+    return blocks is not None and any(isinstance(m, v13.ABlock) for m in blocks.modules())
+
+
+#: ours -> (the stock class it pickles as, "this state is YOLOv13's")
+_SHARED: dict[type[nn.Module], tuple[type[nn.Module], Callable[[dict[str, Any]], bool]]] = {
+    v13.AAttn: (ul_block.AAttn, _is_v13_aattn),
+    v13.ABlock: (ul_block.ABlock, _is_v13_ablock),
+    v13.A2C2f: (ul_block.A2C2f, _is_v13_a2c2f),
+}
+
+
+def pickled_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """The class an instance of ``cls`` is pickled as (the stock class for the shared names)."""
+    return _SHARED[cls][0] if cls in _SHARED else cls
+
+
+def qualified_name(cls: type[nn.Module]) -> str:
+    """``module.Name`` as checkpoints record it (``ultralytics.nn.modules.block.A2C2f``)."""
+    pickled = pickled_class(cls)
+    return f"{pickled.__module__}.{pickled.__name__}"
+
+
+def reduce_as(cls: type[nn.Module], state: dict[str, Any]) -> tuple:
+    """A pickle reduction that rebuilds an object of ``cls`` (by qualified name) from ``state``."""
+    return (copyreg._reconstructor, (cls, object, None), state)
+
+
+def _reduce_as_stock(self: nn.Module, protocol: int) -> tuple:
+    return reduce_as(pickled_class(type(self)), self.__dict__)
+
+
+def _upgrading_setstate(stock: type[nn.Module], ours: type[nn.Module], is_ours: Callable[[dict[str, Any]], bool]) -> Callable:
+    original = stock.__setstate__
+
+    def __setstate__(self: nn.Module, state: dict[str, Any]) -> None:
+        if type(self) is stock and is_ours(state):
+            self.__class__ = ours
+            nn.Module.__setstate__(self, state)
+        else:
+            original(self, state)
+
+    __setstate__.__yolo13_attn_wrapped__ = True
+    return __setstate__
+
+
+def install() -> None:
+    """Register the YOLOv13 class names in Ultralytics' modules and set up the shared names."""
+    for module, classes in _REGISTERED.items():
+        for cls in classes:
+            existing = getattr(module, cls.__name__, None)
+            if existing is not None and existing is not cls:
+                raise RuntimeError(
+                    f"{module.__name__}.{cls.__name__} already exists in this Ultralytics version; "
+                    "yolo13-attn cannot register YOLOv13's class under that name"
+                )
+            cls.__module__ = module.__name__
+            setattr(module, cls.__name__, cls)
+    for ours, (stock, is_ours) in _SHARED.items():
+        ours.__reduce_ex__ = _reduce_as_stock
+        if not getattr(stock.__setstate__, "__yolo13_attn_wrapped__", False):
+            stock.__setstate__ = _upgrading_setstate(stock, ours, is_ours)
