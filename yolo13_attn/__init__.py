@@ -8,7 +8,8 @@ attention layers for a backend (``naive``, ``sdpa``, ``flash``, ``triton``, ``cu
 from .backends import BackendUnsupportedError, available_backends
 from .integration import install as _install_into_ultralytics
 from .ops import area_attention, hypergraph_aggregate, hypergraph_scatter
-from .patching import LayerReport, PatchHandle, patch, unpatch
+from .patching import LayerReport, PatchHandle, attention_layers, patch, unpatch
+from .profiling import format_kernels_by_layer, kernels_by_layer
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,9 @@ __all__ = [
     "PatchHandle",
     "__version__",
     "area_attention",
+    "attention_layers",
+    "format_kernels_by_layer",
+    "kernels_by_layer",
     "available_backends",
     "hypergraph_aggregate",
     "hypergraph_scatter",

@@ -71,6 +71,11 @@ def _patchable(root: nn.Module) -> Iterator[tuple[str, nn.Module, LayerKind]]:
             yield name or type(module).__name__, module, kind
 
 
+def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every patchable attention layer of ``model`` (YOLO object or module)."""
+    return [(name, layer) for name, layer, _ in _patchable(_root_module(model))]
+
+
 def _planning_call(layer: nn.Module, kind: LayerKind) -> OpCall:
     """The call an eval-mode forward of ``layer`` will make, from its parameters (device, dtype)."""
     param = next(layer.parameters())

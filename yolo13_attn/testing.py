@@ -99,3 +99,21 @@ def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         elif name.endswith("prototype_base"):
             normal(param, 0.0, 1.0)
     return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, x: Tensor) -> torch.nn.Module:
+    """Set every BatchNorm's running statistics to the batch statistics of a forward on ``x``.
+
+    After :func:`randomize_weights` this keeps activations normalised layer after layer, as in
+    a trained network, so tiny rounding differences are not amplified without bound by random
+    weights. The model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration forward
+    model.train()(x)
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()

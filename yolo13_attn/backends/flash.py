@@ -21,26 +21,27 @@ from .registry import register
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def flash_attn_package_installed() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+#: decided once at import, so the per-call path does no package lookups (and traces under torch.compile)
+FLASH_ATTN_INSTALLED = importlib.util.find_spec("flash_attn") is not None
 
 
 def flash_implementation() -> str:
     """Which FA2 the ``flash`` backend calls on this machine."""
-    return "flash_attn.flash_attn_func" if flash_attn_package_installed() else "torch bundled FA2 (aten._scaled_dot_product_flash_attention)"
+    return "flash_attn.flash_attn_func" if FLASH_ATTN_INSTALLED else "torch bundled FA2 (aten._scaled_dot_product_flash_attention)"
 
 
-def _flash_attn_func() -> Callable[..., object]:
-    from flash_attn import flash_attn_func
+def flash_attn_func() -> Callable[..., object]:
+    """The flash-attn package's ``flash_attn_func`` (tests substitute a contract-checking double)."""
+    from flash_attn import flash_attn_func as func
 
-    return flash_attn_func
+    return func
 
 
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """FA2 on ``(batch, seq, heads, head_dim)`` half tensors -> ``(out like q, lse (batch, heads, seq_q) fp32)``."""
     q, k, v = (t.contiguous() for t in (q, k, v))
-    if flash_attn_package_installed():
-        out, lse, _ = _flash_attn_func()(q, k, v, softmax_scale=scale, return_attn_probs=True)
+    if FLASH_ATTN_INSTALLED:
+        out, lse, _ = flash_attn_func()(q, k, v, softmax_scale=scale, return_attn_probs=True)
         return out, lse
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, False, False, scale=scale

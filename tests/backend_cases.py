@@ -1,0 +1,40 @@
+"""Shared helpers for the backend equivalence tests: which backends run here, and the 2x rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
+from yolo13_attn.backends.registry import PRIORITY
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def available(op: str) -> list[str]:
+    """Backends of ``op`` that can run on this machine at all (each is then checked per call)."""
+    return [name for name in PRIORITY[op] if get_backend(op, name).is_available()]
+
+
+AREA_BACKENDS = available(AREA)
+HYPERGRAPH_BACKENDS = available(HYPERGRAPH)
+
+
+def skip_unless_supported(op: str, backend: str, call: OpCall) -> None:
+    """Skip (with the backend's own reasons) a combination the backend declares it cannot serve."""
+    reasons = get_backend(op, backend).not_supported_reasons(call)
+    if reasons:
+        pytest.skip(f"{backend} declares it cannot serve this call: {'; '.join(reasons)}")
+
+
+def baseline_dtype(op: str, backend: str, call: OpCall) -> torch.dtype:
+    """The plain-PyTorch baseline's dtype: the input dtype, or the backend's compute dtype where that
+    is less precise (flash computes fp32 layers in fp16)."""
+    declared = get_backend(op, backend).plan(call).compute_dtype
+    return declared if torch.finfo(declared).eps > torch.finfo(call.dtype).eps else call.dtype
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
