@@ -106,5 +106,3 @@ def test_flash_in_training_mode_refuses_hypergraph_dropout_with_reasons():
     yolo13_attn.patch(model, "flash")
     with pytest.raises(yolo13_attn.BackendUnsupportedError, match=r"model\.9\.branch1\.m\.hgnn.*dropout"):
         model(torch.rand(1, 3, 64, 64, device="cuda", dtype=torch.half))
-    grads = [p.grad for name, p in model.named_parameters() if name.endswith("prototype_base")]
-    assert len(grads) == 2 and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
