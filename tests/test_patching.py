@@ -1,0 +1,229 @@
+"""patch()/unpatch(): per-model, reversible, reported, refusing with reasons (issues 3 and 4)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+from ultralytics import YOLO
+
+import yolo13_attn
+from yolo13_attn import BackendUnsupportedError, patch, unpatch
+from yolo13_attn.backends import get_backend
+from yolo13_attn.binding import exporting
+from yolo13_attn.nn import AAttn, AdaHGComputation, AdaHGConv
+from yolo13_attn.testing import randomize_weights
+
+
+def count_calls(monkeypatch, op: str, name: str) -> list[bool]:
+    """Record each call that reaches backend ``name`` of ``op`` (True when made while exporting)."""
+    calls: list[bool] = []
+    backend = get_backend(op, name)
+    entry = "forward" if op == "area" else "aggregate"
+    original = getattr(backend, entry)
+    monkeypatch.setattr(backend, entry, lambda *a, **k: calls.append(exporting()) or original(*a, **k))
+    return calls
+
+
+@pytest.fixture
+def yolo():
+    model = YOLO("yolov13n.yaml")
+    randomize_weights(model.model, seed=4)
+    model.model.eval()
+    return model
+
+
+def test_patch_reports_every_layer_with_kernel_dtype_and_why(yolo):
+    handle = patch(yolo, "sdpa")
+    rows = handle.report()
+    assert len(rows) == 10 and {r.op for r in rows} == {"area", "hypergraph"}
+    assert all(r.backend == "sdpa" and r.kernel.startswith("sdpa/") and r.compute_dtype == "float32" and r.why for r in rows)
+    assert "model.6.m.0.0.attn" in str(handle) and "model.9.branch1.m.hgnn" in str(handle)
+
+
+def test_two_models_patched_differently_coexist(monkeypatch, yolo):
+    other = YOLO("yolov13n.yaml")
+    patch(yolo, "sdpa")
+    patch(other, "naive")
+    sdpa_calls, naive_calls = count_calls(monkeypatch, "area", "sdpa"), count_calls(monkeypatch, "area", "naive")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        yolo.model(x)
+        assert (len(sdpa_calls), len(naive_calls)) == (8, 0)
+        other.model.eval()(x)
+    assert (len(sdpa_calls), len(naive_calls)) == (8, 8)
+    assert type(yolo.model.model[6].m[0][0].attn) is type(other.model.model[6].m[0][0].attn)  # one patched class
+    assert yolo.model.model[6].m[0][0].attn.binding.requested == "sdpa"
+
+
+def test_undo_unpatch_and_context_manager_restore_the_original(yolo):
+    layer = yolo.model.model[6].m[0][0].attn
+    handle = patch(yolo, "sdpa")
+    assert type(layer) is not AAttn
+    handle.undo()
+    assert type(layer) is AAttn and "_yolo13_binding" not in layer.__dict__
+    with patch(yolo.model, {"hypergraph": "sdpa"}) as ctx:
+        assert type(yolo.model.model[9].branch1.m.hgnn) is not AdaHGConv and type(layer) is AAttn
+        assert {r.backend for r in ctx.report() if r.op == "area"} == {"naive (unpatched)"}
+    assert type(yolo.model.model[9].branch1.m.hgnn) is AdaHGConv
+    patch(yolo, "sdpa")
+    assert unpatch(yolo) == 10 and type(layer) is AAttn
+
+
+def test_patch_survives_deepcopy_fuse_half_and_to(monkeypatch, yolo):
+    patch(yolo, "sdpa")
+    clone = copy.deepcopy(yolo.model)
+    assert clone.model[6].m[0][0].attn.binding.requested == "sdpa"
+    yolo.fuse()
+    yolo.model.half().float().to("cpu")
+    calls = count_calls(monkeypatch, "area", "sdpa")
+    with torch.no_grad():
+        yolo.model(torch.rand(1, 3, 64, 64))
+        clone(torch.rand(1, 3, 64, 64))
+    assert len(calls) == 16
+
+
+def test_checkpoint_of_patched_model_holds_no_patched_state(yolo, tmp_path):
+    patch(yolo, "sdpa")
+    yolo.save(tmp_path / "patched.pt")
+    with zipfile.ZipFile(tmp_path / "patched.pt") as archive:
+        raw = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"yolo13_attn" not in raw and b"Binding" not in raw
+    loaded = YOLO(str(tmp_path / "patched.pt")).model
+    assert type(loaded.model[6].m[0][0].attn) is AAttn
+    buffer = io.BytesIO()
+    torch.save(copy.deepcopy(yolo.model), buffer)  # a deep copy is patched, its pickle is not
+    assert b"yolo13_attn" not in buffer.getvalue()
+
+
+def test_predict_runs_on_the_patched_backend(monkeypatch, yolo):
+    from ultralytics.utils import ASSETS
+
+    patch(yolo, "sdpa")
+    calls = count_calls(monkeypatch, "area", "sdpa")
+    yolo.predict(ASSETS / "bus.jpg", imgsz=64, verbose=False)
+    assert len(calls) == 8
+
+
+def test_unknown_backend_lists_valid_names(yolo):
+    with pytest.raises(ValueError, match="valid backends: auto, naive, sdpa, flash, triton, cuda"):
+        patch(yolo, "cudnn")
+    with pytest.raises(ValueError, match="unknown op"):
+        patch(yolo, {"conv": "sdpa"})
+
+
+def test_flash_on_cpu_model_raises_with_reasons(yolo):
+    with pytest.raises(BackendUnsupportedError, match=r"model\.6\.m\.0\.0\.attn: backend 'flash' cannot serve.*device 'cpu'"):
+        patch(yolo, "flash")
+    assert type(yolo.model.model[6].m[0][0].attn) is AAttn  # nothing half-patched
+
+
+def test_unbuilt_cuda_backend_is_refused_by_the_registry_not_an_import_error(yolo):
+    with pytest.raises(BackendUnsupportedError, match="not built yet"):
+        patch(yolo, "cuda")
+
+
+def test_model_without_attention_layers_warns():
+    with pytest.warns(UserWarning, match="no attention layers"):
+        patch(nn.Sequential(nn.Conv2d(3, 3, 1)), "sdpa")
+
+
+def test_auto_logs_its_choice_once(yolo, caplog):
+    with caplog.at_level(logging.INFO, logger="yolo13_attn"):
+        patch(yolo, "auto")
+        with torch.no_grad():
+            yolo.model(torch.rand(1, 3, 64, 64))
+            yolo.model(torch.rand(1, 3, 64, 64))
+    lines = [r.getMessage() for r in caplog.records if "yolo13_attn auto" in r.getMessage()]
+    assert len(lines) == 2 and any("area" in line for line in lines) and any("hypergraph" in line for line in lines)
+
+
+def test_environment_variable_sets_the_default(monkeypatch, yolo):
+    monkeypatch.setenv("YOLO13_ATTN_BACKEND", "naive")
+    assert {r.backend for r in patch(yolo).report()} == {"naive"}
+
+
+def test_yolo12_aattn_patched_matches_stock():
+    model = randomize_weights(YOLO("yolo12n.yaml").model, seed=3).eval()
+    x = torch.rand(1, 3, 96, 64)
+    with torch.no_grad():
+        expected = model(x)[0]
+        handle = patch(model, "naive")
+        assert len(handle.report()) == 8 and all(r.op == "area" for r in handle.report())
+        torch.testing.assert_close(model(x)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_names_the_layer(yolo):
+    patch(yolo, "sdpa")
+    layer = yolo.model.model[6].m[0][0].attn
+    with pytest.raises(ValueError, match=r"model\.6\.m\.0\.0\.attn: token count N=25 .* area=4"):
+        layer(torch.rand(1, 64, 5, 5))
+    hgnn = yolo.model.model[9].branch1.m
+    with pytest.raises(ValueError, match="expected 64 channels"):
+        hgnn(torch.rand(1, 32, 4, 4))
+
+
+def test_export_onnx_of_a_patched_model_uses_traceable_math(yolo, tmp_path, monkeypatch):
+    yolo.save(tmp_path / "m.pt")
+    exported = YOLO(str(tmp_path / "m.pt"))
+    patch(exported, "sdpa")
+    sdpa_calls, naive_calls = count_calls(monkeypatch, "area", "sdpa"), count_calls(monkeypatch, "area", "naive")
+    onnx_file = exported.export(format="onnx", imgsz=64, simplify=False)
+    assert onnx_file.endswith(".onnx")
+    assert not any(sdpa_calls) and sum(naive_calls) == 8  # the trace recorded the reference, not SDPA
+
+
+def test_kernels_by_layer_shows_what_ran(yolo):
+    x = torch.rand(1, 3, 64, 64)
+    patch(yolo, {"area": "sdpa", "hypergraph": "naive"})
+    found = yolo13_attn.kernels_by_layer(yolo, x)
+    assert len(found) == 10
+    assert all(any("scaled_dot_product" in k for k in found[name]) for name in found if name.endswith("attn"))
+    assert all(not any("scaled_dot_product" in k for k in found[name]) for name in found if name.endswith("hgnn"))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """No graph breaks: the backend choice and the op trace through dynamo."""
+    layer = randomize_weights(AdaHGComputation(32, 4, 2)).eval()
+    patch(layer, "sdpa")
+    x = torch.randn(2, 32, 6, 5)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path):
+    """YOLO.train() rebuilds the model from its yaml (and reloads the best checkpoint): both patched."""
+    import cv2
+    import numpy as np
+
+    images, labels = tmp_path / "images" / "train", tmp_path / "labels" / "train"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(images / f"{i}.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        (labels / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.3\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/train\nnames:\n  0: thing\n")
+    seen = []
+
+    def check(trainer):
+        model = trainer.model
+        seen.append({m.binding.requested for _, m in yolo13_attn.attention_layers(model)})
+
+    patch(yolo, "sdpa")
+    yolo.add_callback("on_train_batch_end", check)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yolo.train(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, amp=False,
+                   project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False)
+    assert seen and all(s == {"sdpa"} for s in seen)
+    assert {r.requested for r in yolo13_attn.PatchHandle(yolo, {}).report()} == {"sdpa"}
