@@ -273,6 +273,7 @@ class _LayerGroup(Group):
         self.sets_bytes = len(self.sets) * b * s.c * s.n * self.esize
         x = self.sets[0]
         self.ref64 = torch.cat([self.layer64(x[sl].double()) for sl in _batch_chunks(b, self._scores_bytes_per_item())])
+        self.baseline(self.dtype)  # now, while self.layer is unpatched
 
     def _compute_baseline(self, dtype):
         """The unpatched layer computing in ``dtype`` (a copy when that is not the input dtype)."""

@@ -136,3 +136,39 @@ def test_hypergraph_bad_shapes_raise():
         hypergraph_aggregate(x, xp, prototypes[..., :8], 0.1, layer="model.9.branch1.m.hgnn")
     with pytest.raises(ValueError, match="dropout_mask must be"):
         hypergraph_aggregate(x, xp, prototypes, 0.1, torch.ones(1, 7, 3))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", HYPERGRAPH_BACKENDS)
+def test_hypergraph_layer_equivalence_same_random_state(backend, device, train):
+    """AdaHGComputation patched on each backend: same seed, same dropout mask, same output and grads."""
+    import copy
+
+    from yolo13_attn import patch
+    from yolo13_attn.nn import AdaHGComputation
+    from yolo13_attn.testing import randomize_weights
+
+    if backend == "flash" and train:
+        pytest.skip("flash cannot apply the logit dropout (declared); auto falls back in training")
+    layer = randomize_weights(AdaHGComputation(64, 8, 4, dropout=0.3), seed=1).to(device).train(train)
+    if backend == "triton" and device == "cpu":
+        layer = layer.float()
+    dtype = torch.float16 if backend == "flash" else torch.float32
+    x = torch.randn(2, 64, 9, 7, device=device)
+
+    def run(module, cast):
+        module = copy.deepcopy(module).to(cast)
+        inp = x.to(cast).requires_grad_()
+        torch.manual_seed(11)
+        out = module(inp)
+        out.backward(torch.ones_like(out))
+        return out.detach(), inp.grad, module.hgnn.edge_generator.prototype_base.grad
+
+    ref64 = run(layer, torch.float64)
+    baseline = run(layer, dtype)
+    patched = copy.deepcopy(layer)
+    patch(patched, backend)
+    got = run(patched, dtype)
+    for what, g, r, p in zip(("output", "dx", "dprototypes"), got, ref64, baseline):
+        assert_flash_rule(g, r, p, f"{backend} {what} ({'train' if train else 'eval'})")

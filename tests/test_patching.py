@@ -169,6 +169,16 @@ def test_bad_input_names_the_layer(yolo):
         hgnn(torch.rand(1, 32, 4, 4))
 
 
+def test_check_finite_names_the_layer(yolo):
+    patch(yolo, "sdpa", check_finite=True)
+    x = torch.rand(1, 64, 8, 8)
+    x[0, 3, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"model\.6\.m\.0\.0\.attn: input q .* NaN"):
+        yolo.model.model[6].m[0][0].attn(x)
+    with pytest.raises(ValueError, match=r"model\.9\.branch1\.m\.hgnn: input x .* NaN"):
+        yolo.model.model[9].branch1.m(x)
+
+
 def test_export_onnx_of_a_patched_model_uses_traceable_math(yolo, tmp_path, monkeypatch):
     yolo.save(tmp_path / "m.pt")
     exported = YOLO(str(tmp_path / "m.pt"))

@@ -48,6 +48,7 @@ class Binding:
     op: str
     requested: str
     seen: set = field(default_factory=set)
+    check_finite: bool = False
     choices: dict[OpCall, Choice] = field(default_factory=dict)
     last: Choice | None = None
 

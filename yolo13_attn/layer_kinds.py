@@ -21,6 +21,7 @@ from .binding import Binding
 from .integration.checkpoints import pickled_class, reduce_as
 from .nn.area_attention import heads_view
 from .ops.area_attention import area_attention
+from .ops.checks import check_finite
 
 BINDING_ATTR = "_yolo13_binding"
 
@@ -66,9 +67,13 @@ class PatchedLayer:
         return self.binding.name
 
     def area_backend(self, q: Tensor, k: Tensor, v: Tensor):
+        if self.binding.check_finite:
+            check_finite(self.binding.name, q=q, k=k, v=v)
         return self.binding.backend_for(OpCall.for_area(q, k, v))
 
     def hypergraph_backend(self, x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None):
+        if self.binding.check_finite:
+            check_finite(self.binding.name, x=x, xp=xp, prototypes=prototypes)
         return self.binding.backend_for(OpCall.for_hypergraph(x, xp, prototypes, dropout_mask))
 
     def unpatched_twin(self) -> nn.Module:

@@ -82,14 +82,14 @@ def _planning_call(layer: nn.Module, kind: LayerKind) -> OpCall:
     return OpCall(kind.op, param.device, param.dtype, kind.head_dim(layer))
 
 
-def _patch_module(root: nn.Module, spec: dict[str, str]) -> int:
+def _patch_module(root: nn.Module, spec: dict[str, str], check_finite: bool = False) -> int:
     """Bind every patchable layer of ``root`` whose op is in ``spec``; check each plan now."""
     seen: set = set()
     count = 0
     for name, layer, kind in list(_patchable(root)):
         if kind.op not in spec:
             continue
-        binding = Binding(name, kind.op, spec[kind.op], seen)
+        binding = Binding(name, kind.op, spec[kind.op], seen, check_finite)
         binding.choose(_planning_call(layer, kind))  # raises now if an explicit backend cannot serve it
         unbind(layer)
         bind(layer, kind, binding)
@@ -167,7 +167,7 @@ def _train_and_repatch(yolo, spec: dict[str, str], *args, **kwargs):
     return result
 
 
-def patch(model: nn.Module, backend: BackendSpec = None) -> PatchHandle:
+def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool = False) -> PatchHandle:
     """Serve the attention layers of ``model`` with ``backend``.
 
     Args:
@@ -176,6 +176,8 @@ def patch(model: nn.Module, backend: BackendSpec = None) -> PatchHandle:
         backend: ``"auto"``, ``"naive"``, ``"sdpa"``, ``"flash"``, ``"triton"``, ``"cuda"``, a dict per op
             (``{"area": "flash", "hypergraph": "sdpa"}``; ops not named stay unpatched), or None for
             ``$YOLO13_ATTN_BACKEND`` (default ``auto``).
+        check_finite: raise ValueError naming the layer when an attention input holds NaN/inf.
+            Costs a host sync per layer call (breaks CUDA-graph capture): for debugging.
 
     Returns:
         A :class:`PatchHandle` (``print(handle)`` shows the per-layer table; ``handle.undo()``).
@@ -185,7 +187,7 @@ def patch(model: nn.Module, backend: BackendSpec = None) -> PatchHandle:
     """
     spec = _resolve_spec(backend)
     root = _root_module(model)
-    if _patch_module(root, spec) == 0:
+    if _patch_module(root, spec, check_finite) == 0:
         warnings.warn(f"yolo13_attn.patch: {type(root).__name__} has no attention layers to patch for ops {sorted(spec)}", stacklevel=2)
     if _is_yolo(model):
         _install_yolo_hooks(model, spec)
