@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run the test suite on the GPU machine (device tool): carry .whl (the Ultralytics wheels).
+#   run(command="bash tests/gpu/run_gpu_tests.sh", carry=[".whl"])
+# Writes the full pytest log to $OUT/gpu_tests.log; commit it as tests/gpu/<gpu>-<date>.log.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+{
+  echo "# yolo13-attn GPU test log"
+  echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  python3 -m yolo13_attn info
+} > "$OUT/gpu_tests.log" 2>&1
+timeout "${TEST_TIMEOUT:-480}" python3 -m pytest tests/ -q -rs -p no:cacheprovider --ignore=tests/test_bench_outputs.py "$@" 2>&1 | tee -a "$OUT/gpu_tests.log" | tail -40
