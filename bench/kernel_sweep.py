@@ -156,7 +156,7 @@ class Group:
     def n_sets(self, bytes_per_set: float) -> int:
         if self.cpu_mode or self.device != "cuda":
             return 2
-        return C.input_sets(bytes_per_set, max_sets=128)
+        return C.input_sets(bytes_per_set, max_sets=64)
 
     def runner(self, backend: str) -> Runner:
         raise NotImplementedError
@@ -498,6 +498,23 @@ def derived_metrics(rec: dict, device: str) -> None:
         metrics["peak_mem_mb"] = (rec["peak_mem_mb"], None, None)
 
 
+def _key(r: dict) -> tuple:
+    return (r["op"], r["shape"], r["dtype"], r["batch"], r["backend"])
+
+
+def merge_previous(path: Path, records: list[dict], backends: list[str]) -> list[dict]:
+    """``--append``: the configurations of an earlier run in the same folder, then this run's (which win)."""
+    import json
+
+    old = json.loads(path.read_text()).get("configs", [])
+    for r in old:
+        r["metrics"] = {k: tuple(float("nan") if x is None else x for x in v) for k, v in r.get("metrics", {}).items()}
+    new_keys = {_key(r) for r in records}
+    merged = [r for r in old if _key(r) not in new_keys] + records
+    print(f"--append: kept {len(merged) - len(records)} configurations of the earlier run in {path.parent}")
+    return merged
+
+
 def add_speedups(records: list[dict]) -> None:
     """speedup_vs_naive / speedup_vs_flash = baseline median / this median (same op, shape, dtype, batch)."""
     by_key = defaultdict(dict)
@@ -578,7 +595,15 @@ def markdown(data: dict) -> str:
     # headline: best valid backend per configuration
     lines += ["## Best valid backend per configuration", ""]
     groups = defaultdict(dict)
-    for r in records:
+    image_order = {k: i for i, k in enumerate(IMAGES)}
+    dtype_order = {k: i for i, k in enumerate(C.DTYPES)}
+
+    def sort_key(r):
+        info = r["shape_info"]
+        return (OPS.index(r["op"]) if r["op"] in OPS else 9, image_order.get(info["image"], 9), info["site"],
+                SCALES.index(info["scales"][0]) if info["scales"][0] in SCALES else 9, dtype_order.get(r["dtype"], 9), r["batch"])
+
+    for r in sorted(records, key=sort_key):
         groups[(r["op"], r["shape"], r["dtype"], r["batch"])][r["backend"]] = r
     head = ["op", "shape", "dtype", "B", "naive ms", "flash ms", "best", "best ms", "vs naive", "vs flash", "TB/s", "TFLOP/s"] + (["%floor"] if gpu else [])
     rows = []
@@ -661,7 +686,7 @@ def plots(data: dict, out_dir: Path, prefix: str) -> list[str]:
                 ax.set_title(f"{op} {dtype} B={batch}", fontsize=9)
                 ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        title = f"{op} on {data['environment'].get('gpu', 'cpu')} (hatched: failed the equivalence check)"
+        title = f"{op} on {data['device']} (hatched: failed the equivalence check)"
         fig.suptitle(title if gpu else "CPU SMOKE RUN - " + title, fontsize=10)
         fig.tight_layout()
         path = out_dir / f"{prefix}_{op}.png"
@@ -710,6 +735,7 @@ def parse_args(argv=None):
     p.add_argument("--cpu", action="store_true", help="force the CPU smoke mode even with a GPU")
     p.add_argument("--out", type=Path, help="results folder (default bench/results/<gpu>-<date>/ or bench/results/cpu/)")
     p.add_argument("--budget-s", type=float, help="stop starting new configurations after this many seconds (the rest are listed as not run)")
+    p.add_argument("--append", action="store_true", help="merge with the kernel_sweep.json already in --out (same configurations are replaced)")
     p.add_argument("--no-graph", action="store_true", help="time with triton.testing.do_bench instead of CUDA graphs")
     p.add_argument("--samples", type=int, default=15, help="timing samples per configuration (GPU)")
     p.add_argument("--cpu-time-per-config", type=float, default=0.15, help="seconds of timing per configuration on CPU")
@@ -751,12 +777,13 @@ def main(argv=None) -> int:
     for name, why in skipped.items():
         print(f"  skipping backend {name}: {why}")
 
+    # most important first, so that a --budget-s cut drops the tail: image, dtype, batch, then op and shape
     plan = []
     for image in images:
-        for op in ops:
-            for shape in shapes_for(FAMILY[op], image, scales):
-                for batch in batches:
-                    for dtype in dtypes:
+        for dtype in dtypes:
+            for batch in batches:
+                for op in ops:
+                    for shape in shapes_for(FAMILY[op], image, scales):
                         plan.append((op, shape, batch, dtype))
     total = len(plan) * len(backends)
     print(f"{len(plan)} (op, shape, batch, dtype) groups x {len(backends)} backends = {total} configurations")
@@ -818,6 +845,8 @@ def main(argv=None) -> int:
             C.progress(line)
         del group
         C.free_memory()
+    if args.append and (out_dir / "kernel_sweep.json").is_file():
+        records = merge_previous(out_dir / "kernel_sweep.json", records, backends)
     add_speedups(records)
     data = {
         "script": "kernel_sweep",
@@ -828,10 +857,14 @@ def main(argv=None) -> int:
         "device": C.device_string(env),
         "environment": env,
         "backends": C.backend_availability(),
-        "backends_run": backends,
+        "backends_run": _union(backends, [r["backend"] for r in records], ["naive", "flash", "sdpa", "triton", "cuda"]),
         "skipped_backends": skipped,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "ops": ops, "scales": scales, "batches": batches, "dtypes": dtypes, "images": images,
+        "ops": _union(ops, [r["op"] for r in records], OPS),
+        "scales": _union(scales, [s for r in records for s in r["shape_info"]["scales"]], SCALES),
+        "batches": sorted(set(batches) | {r["batch"] for r in records}),
+        "dtypes": _union(dtypes, [r["dtype"] for r in records], list(C.DTYPES)),
+        "images": _union(images, [r["shape_info"]["image"] for r in records], list(IMAGES)),
         "anchors": {"peak_bw_Bps": C.PEAK_BW, "peak_flops": C.PEAK_FLOPS, "l2_bytes": C.L2_BYTES, "source": "shared/perf-anchors.md, shared/gpu-notes.md (H100)"},
         "timing_note": ("CUDA-graph replay, median of samples, rotating input sets (see each config's timing.method)" if not cpu_mode
                         else "time.perf_counter per call, median (CPU smoke run)"),
@@ -843,6 +876,11 @@ def main(argv=None) -> int:
     print(f"\nwrote {', '.join(files)} to {out_dir} in {budget.elapsed():.0f} s")
     print_summary(data)
     return 0
+
+
+def _union(first: list, more: list, order: list) -> list:
+    items = set(first) | set(more)
+    return [x for x in order if x in items] + sorted(x for x in items if x not in order)
 
 
 def print_summary(data: dict) -> None:

@@ -32,29 +32,55 @@ LINES: list[str] = []
 def emit(line: str = "") -> None:
     print(line, flush=True)
     LINES.append(line)
+    with open(os.path.join(OUT, "triton_bench.txt"), "a") as f:  # incremental: survives a timeout
+        f.write(line + "\n")
 
 
 COMPILE = False
 
 
+TEST_GROUPS = {
+    "area": "area",
+    "hg-forward": "hypergraph_forward",
+    "hg-grad-half": "hypergraph_gradient and not float32",
+    "rest": "(hypergraph_gradient and float32) or scatter_gradient or hypergraph_backward_launchers or opcheck "
+            "or torch_compile or cuda_graph",
+}
+
+
 def run_tests(timeout: int, bare: bool) -> None:
+    """The equivalence tests in 4 concurrent pytest processes (Triton compiles on the CPU), one log."""
+    import time
+
     log = os.path.join(OUT, "triton_gpu.log")
-    args = ["-q", "-rs", "-p", "no:cacheprovider", "tests/test_triton_equivalence.py"]
-    cmd = [sys.executable, "-m", "pytest", *args]
-    if bare:
-        cmd = [sys.executable, "-c", f"{BARE_BOOTSTRAP}; import pytest; sys.exit(pytest.main({args!r}))"]
-    with open(log, "w") as f:
-        f.write(f"# {' '.join(cmd)}\n# {torch.cuda.get_device_name()} torch {torch.__version__} "
-                f"triton {__import__('triton').__version__} {datetime.date.today()}\n")
-        f.flush()
+    procs = {}
+    start = time.time()
+    for name, expr in TEST_GROUPS.items():
+        args = ["-q", "-rs", "-p", "no:cacheprovider", "--durations=5", "tests/test_triton_equivalence.py", "-k", expr]
+        cmd = [sys.executable, "-m", "pytest", *args]
+        if bare:
+            cmd = [sys.executable, "-c", f"{BARE_BOOTSTRAP}; import pytest; sys.exit(pytest.main({args!r}))"]
+        f = open(os.path.join(OUT, f"pytest_{name}.log"), "w")
+        procs[name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f, expr)
+    codes = {}
+    for name, (proc, f, _) in procs.items():
         try:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+            codes[name] = proc.wait(timeout=max(1, timeout - (time.time() - start)))
         except subprocess.TimeoutExpired:
-            proc = subprocess.CompletedProcess(cmd, "timeout")
-    tail = open(log).read().splitlines()[-15:]
-    emit(f"pytest exit code {proc.returncode}; last lines of {log}:")
-    for line in tail:
-        emit("  " + line)
+            proc.kill()
+            codes[name] = "timeout"
+        f.close()
+    with open(log, "w") as out:
+        out.write(f"# tests/test_triton_equivalence.py on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
+                  f"triton {__import__('triton').__version__}, {datetime.date.today()}; "
+                  f"4 concurrent pytest processes (-k groups), {time.time() - start:.0f} s\n")
+        for name, (_, _, expr) in procs.items():
+            out.write(f"\n# ---- group {name}: pytest -k {expr!r} -> exit code {codes[name]}\n")
+            out.write(open(os.path.join(OUT, f"pytest_{name}.log")).read())
+    emit(f"pytest exit codes {codes} ({time.time() - start:.0f} s); summary lines:")
+    for line in open(log).read().splitlines():
+        if line.startswith("# ----") or " passed" in line or " failed" in line or "FAILED" in line or "Error" in line:
+            emit("  " + line[:300])
 
 
 def bench(fn, sets: int = 3) -> float:
@@ -123,7 +149,20 @@ def time_area(sweep: bool) -> None:
     t_fa_fb = bench(fa_fb)
     emit(f"triton backward alone {t_bwd:.4f} ms; FA2 (sdpa flash) forward+backward {t_fa_fb:.4f} ms")
 
-    if sweep:
+    if sweep == "area":
+        emit("\n## area forward config sweep, x P4 B=16 fp16 (block_m, block_n, warps, stages) -> ms")
+        sets = area_inputs(16, 12, 32, 40, 40, torch.float16)
+        outs = [torch.empty(16, 12, 32, 1600, device="cuda", dtype=torch.float16) for _ in sets]
+        lses = [torch.empty(16, 12, 1600, device="cuda") for _ in sets]
+        for bm, bn, nw, ns in [(64, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3), (32, 32, 4, 3), (128, 32, 8, 3), (64, 16, 4, 3)]:
+            cfg = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+            try:
+                t = bench(lambda i: triton_ops.area_attention_forward(*sets[i][1:], 4, 32 ** -0.5, out=outs[i],
+                                                                      lse=lses[i], config=cfg))
+                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: {t:.4f}")
+            except Exception as exc:  # noqa: BLE001
+                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: failed {type(exc).__name__}: {str(exc)[:100]}")
+    if sweep is True:
         emit("\n## area forward config sweep, x P4 B=16 fp16 (block_m, block_n, warps, stages) -> ms")
         sets = area_inputs(16, 12, 32, 40, 40, torch.float16)
         outs = [torch.empty(16, 12, 32, 1600, device="cuda", dtype=torch.float16) for _ in sets]
@@ -205,7 +244,7 @@ def time_hypergraph(sweep: bool) -> None:
     t_sb = bench(lambda i: triton_ops.scatter_backward(dxn, sets[i][1], sets[i][2], res[i][1], res[i][0], scale))
     emit(f"aggregate_backward {t_ab:.4f}  scatter_backward {t_sb:.4f}")
 
-    if sweep:
+    if sweep is True:
         emit("\n## aggregate sweep, x B=16 (block_n, tokens_per_split, warps, stages) -> ms")
         for bn, tps, nw, ns in [(32, 128, 8, 2), (32, 256, 8, 2), (32, 64, 8, 2), (16, 128, 4, 2), (32, 128, 4, 2),
                                 (64, 128, 8, 2), (32, 128, 8, 3), (32, 192, 8, 3), (64, 256, 8, 2), (16, 64, 4, 3)]:
@@ -291,6 +330,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-tests", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--area-sweep", action="store_true", help="only a small sweep of the area forward tiles")
     parser.add_argument("--compile", action="store_true", help="also time the layer under torch.compile")
     parser.add_argument("--test-timeout", type=int, default=240)
     parser.add_argument("--bare-package", action="store_true", help="skip yolo13_attn/__init__.py (no ultralytics)")
@@ -299,7 +339,7 @@ def main() -> None:
         exec(BARE_BOOTSTRAP)
     import triton
 
-    emit(f"# triton backend GPU check: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+    emit(f"# triton backend GPU check: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
          f"triton {triton.__version__}, {datetime.datetime.now().isoformat(timespec='minutes')}")
     global COMPILE
     COMPILE = args.compile
@@ -308,14 +348,12 @@ def main() -> None:
     torch.manual_seed(0)
     for part in (time_area, time_hypergraph):
         try:
-            part(args.sweep)
+            part("area" if args.area_sweep else args.sweep)
         except Exception as exc:  # noqa: BLE001 - keep the other half of the table
             import traceback
 
             emit(f"{part.__name__} failed: {type(exc).__name__}: {exc}")
             emit(traceback.format_exc()[-2000:])
-    with open(os.path.join(OUT, "triton_bench.txt"), "w") as f:
-        f.write("\n".join(LINES) + "\n")
 
 
 if __name__ == "__main__":

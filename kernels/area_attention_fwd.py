@@ -43,13 +43,14 @@ def _fwd_inner(
             mask_v = mask_v & (offs_n[:, None] < n_area)
         # K^T tile (BLOCK_D, BLOCK_N) straight from the channel-major layout
         kt = tl.load(k_base + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn, mask=mask_kt, other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        s = tl.dot(q, kt, input_precision=PRECISION)
         if MASK_KEYS:
             s = tl.where(offs_n[None, :] < n_area, s, float("-inf"))
-        # online softmax: every block holds >= 1 valid key, so m_new is finite
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # online softmax (qk_scale > 0 folded into one FMA per score); every block holds >= 1
+        # valid key, so m_new is finite
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # V tile (BLOCK_N, BLOCK_D)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_v, other=0.0)

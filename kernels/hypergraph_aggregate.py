@@ -15,7 +15,8 @@ programs (split-K / flash-decoding style):
    ``(BLOCK_N, BLOCK_M) = xp_tile @ P^T`` on the tensor cores, then ``acc (BLOCK_M, BLOCK_D) +=
    w^T @ x_tile`` - and writes its unnormalised ``acc`` with its running max / sum (base 2) to a
    float32 workspace. With a single split it normalises and writes ``he``/``lse`` directly.
-2. ``hypergraph_aggregate_combine_kernel``: program (b, m) merges the splits' partials.
+2. ``hypergraph_aggregate_combine_kernel``: program (b, m, D-chunk) merges the splits' partials,
+   ``BLOCK_S`` splits at a time.
 
 x, xp (B, N, D), P (B, M, D) and mask (B, N, M) are read through their strides. D is padded to
 a power of two ``BLOCK_D`` (masked loads: padding costs registers, not bandwidth).
@@ -97,29 +98,36 @@ def hypergraph_aggregate_partial_kernel(
 def hypergraph_aggregate_combine_kernel(
     HE, LSE, PART_ACC, PART_M, PART_L,
     M, D, NUM_SPLITS,
-    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bm = tl.program_id(0).to(tl.int64)  # b * M + m
+    # program (b * M + m, d-chunk); the splits are read BLOCK_S at a time (no long dependent chain)
+    bm = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
     b = bm // M
     m = bm % M
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    m_tot = tl.full([], float("-inf"), dtype=tl.float32)
-    l_tot = tl.zeros([], dtype=tl.float32)
+    # pass 1: the global running max over the splits
+    m_vec = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        part = (b * NUM_SPLITS + offs_s) * M + m
+        m_vec = tl.maximum(m_vec, tl.load(PART_M + part, mask=offs_s < NUM_SPLITS, other=float("-inf")))
+    m_tot = tl.max(m_vec, 0)
+    # pass 2: rescale each split's sum and accumulator to that max and add up
+    l_vec = tl.zeros([BLOCK_S], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for split in range(0, NUM_SPLITS):
-        part = (b * NUM_SPLITS + split) * M + m
-        m_s = tl.load(PART_M + part)
-        l_s = tl.load(PART_L + part)
-        acc_s = tl.load(PART_ACC + part * D + offs_d, mask=mask_d, other=0.0)
-        m_new = tl.maximum(m_tot, m_s)
-        alpha = tl.math.exp2(m_tot - m_new)
-        beta = tl.math.exp2(m_s - m_new)
-        acc = acc * alpha + acc_s * beta
-        l_tot = l_tot * alpha + l_s * beta
-        m_tot = m_new
+    for s0 in range(0, NUM_SPLITS, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        mask_s = offs_s < NUM_SPLITS
+        part = (b * NUM_SPLITS + offs_s) * M + m
+        w = tl.math.exp2(tl.load(PART_M + part, mask=mask_s, other=float("-inf")) - m_tot)  # 0 on padding
+        l_vec += w * tl.load(PART_L + part, mask=mask_s, other=0.0)
+        a = tl.load(PART_ACC + part[:, None] * D + offs_d[None, :], mask=mask_s[:, None] & mask_d[None, :], other=0.0)
+        acc += tl.sum(a * w[:, None], 0)
+    l_tot = tl.sum(l_vec, 0)
     tl.store(HE + bm * D + offs_d, (acc / l_tot).to(HE.dtype.element_ty), mask=mask_d)
-    tl.store(LSE + bm, (m_tot + tl.math.log2(l_tot)) * 0.6931471805599453)
+    tl.store(LSE + bm, (m_tot + tl.math.log2(l_tot)) * 0.6931471805599453, mask=pid_d == 0)
 
 
 def launch_hypergraph_aggregate(x, xp, prototypes, dropout_mask, he, lse, scale, *, workspace, tokens_per_split,
@@ -145,6 +153,7 @@ def launch_hypergraph_aggregate(x, xp, prototypes, dropout_mask, he, lse, scale,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
-        hypergraph_aggregate_combine_kernel[(b * m,)](
-            he, lse, part_acc, part_m, part_l, m, d, num_splits, BLOCK_D=block_d, num_warps=4,
+        block_dc = min(block_d, 128)
+        hypergraph_aggregate_combine_kernel[(b * m, triton.cdiv(d, block_dc))](
+            he, lse, part_acc, part_m, part_l, m, d, num_splits, BLOCK_S=16, BLOCK_D=block_dc, num_warps=4,
         )

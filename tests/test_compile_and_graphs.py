@@ -68,8 +68,8 @@ def test_cuda_graph_capture_matches_eager(backend):
 
 
 @needs_cuda
-def test_torch_compile_inductor_whole_model_matches_eager():
-    backend = "triton" if "triton" in GPU_BACKENDS else GPU_BACKENDS[0]
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_compile_inductor_whole_model_matches_eager(backend):
     model = patched_yolov13n(backend)
     x = torch.rand(2, 3, 320, 256, device="cuda", dtype=torch.half)
     compiled = torch.compile(copy.deepcopy(model))

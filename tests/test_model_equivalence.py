@@ -84,7 +84,8 @@ TRAINING_BACKENDS = sorted((set(AREA_BACKENDS) & set(HYPERGRAPH_BACKENDS)) - {"f
 @pytest.mark.parametrize("backend", TRAINING_BACKENDS)
 def test_model_equivalence_training_step_gives_finite_prototype_grads(backend):
     """The detection loss, backward through a model patched on every op, reaches the hyperedge prototypes."""
-    model = randomize_weights(YOLO("yolov13n.yaml").model, seed=6).train()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = randomize_weights(YOLO("yolov13n.yaml").model, seed=6).to(device).train()
     model.args = get_cfg()
     handle = yolo13_attn.patch(model, backend)
     batch = {
@@ -93,6 +94,7 @@ def test_model_equivalence_training_step_gives_finite_prototype_grads(backend):
         "cls": torch.tensor([[1.0], [3.0]]),
         "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]]),
     }
+    batch = {k: v.to(device) for k, v in batch.items()}
     loss, _ = model.loss(batch)
     loss.sum().backward()
     assert {r.backend for r in handle.report()} == {backend}

@@ -108,7 +108,7 @@ def test_predict_runs_on_the_patched_backend(monkeypatch, yolo):
     patch(yolo, "sdpa")
     calls = count_calls(monkeypatch, "area", "sdpa")
     yolo.predict(ASSETS / "bus.jpg", imgsz=64, verbose=False)
-    assert len(calls) == 8
+    assert calls and len(calls) % 8 == 0  # 8 layers per forward (GPU predictors add a warm-up forward)
 
 
 def test_unknown_backend_lists_valid_names(yolo):
@@ -213,6 +213,8 @@ def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path):
     """YOLO.train() rebuilds the model from its yaml (and reloads the best checkpoint): both patched."""
     import cv2
     import numpy as np
+
+    pytest.importorskip("polars", reason="Ultralytics' trainer writes its results with polars")
 
     images, labels = tmp_path / "images" / "train", tmp_path / "labels" / "train"
     images.mkdir(parents=True)

@@ -13,4 +13,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
   python3 -m yolo13_attn info
 } > "$OUT/gpu_tests.log" 2>&1
-timeout "${TEST_TIMEOUT:-480}" python3 -m pytest tests/ -q -rs -p no:cacheprovider --ignore=tests/test_bench_outputs.py "$@" 2>&1 | tee -a "$OUT/gpu_tests.log" | tail -40
+# CPU-only cases already run in CI; on the GPU machine run the rest, 8 workers sharing the GPU
+# (Triton compiles are CPU-bound). -v goes to the log, the summary to stdout.
+timeout "${TEST_TIMEOUT:-480}" python3 -m pytest tests/ -v -rfEs -p no:cacheprovider -n "${WORKERS:-8}" \
+  --ignore=tests/test_bench_outputs.py -k "${SELECT:-not cpu}" "$@" 2>&1 | tee -a "$OUT/gpu_tests.log" \
+  | grep -vE "^\[gw[0-9]+\] \[ *[0-9]+%\] (PASSED|SKIPPED)" | tail -60

@@ -32,6 +32,8 @@ def area_attention_forward(q: Tensor, k: Tensor, v: Tensor, area: int, scale: fl
                            lse: Tensor | None = None, config: dict | None = None) -> tuple[Tensor, Tensor]:
     """``(o (B, H, D, N) contiguous, lse (B, H, N) float32 base-2)`` of area attention."""
     _check(q, k, v, area)
+    if not scale > 0:
+        raise ValueError(f"the Triton area attention kernel needs a positive scale, got {scale}")
     b, h, d, n = q.shape
     out = torch.empty((b, h, d, n), dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty((b, h, n), dtype=torch.float32, device=q.device) if lse is None else lse

@@ -1,0 +1,121 @@
+"""The benchmark scripts run (CPU smoke mode) and write well-formed results (issue 6).
+
+Runs ``bench/kernel_sweep.py --cpu`` and ``bench/model_latency.py --cpu`` once each into a temporary
+folder and checks the files: CSV columns and numeric medians, JSON keys, markdown tables, PNG
+signatures, and that ``bench/summarize.py`` reads them. Timings are not checked (CPU, noisy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CSV_COLUMNS = ["op", "backend", "shape", "dtype", "batch", "metric", "median", "p20", "p80", "device", "versions", "date"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SCRIPTS = {"kernel_sweep": ["--cpu"], "model_latency": ["--cpu"]}
+
+
+def _run(args: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """``{script: (output folder, stdout)}`` of one CPU smoke run of each script."""
+    out = {}
+    for script, flags in SCRIPTS.items():
+        folder = tmp_path_factory.mktemp(script)
+        proc = _run([f"bench/{script}.py", *flags, "--out", str(folder)])
+        out[script] = (folder, proc.stdout)
+    return out
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_bench_outputs_csv_long_format(results, script):
+    folder, _ = results[script]
+    with open(folder / f"{script}.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    assert rows, "no CSV rows"
+    for row in rows:
+        assert all(row[c] for c in ("op", "backend", "shape", "dtype", "batch", "metric", "device", "versions", "date")), row
+        float(row["median"])  # every metric has a numeric median
+        for q in ("p20", "p80"):
+            if row[q]:
+                float(row[q])
+        int(row["batch"])
+    metrics = {r["metric"] for r in rows}
+    timing_metric = "ms" if script == "kernel_sweep" else "eager_ms"
+    assert {timing_metric, "check_pass"} <= metrics, metrics
+    timed = [r for r in rows if r["metric"] == timing_metric]
+    assert all(float(r["median"]) > 0 and r["p20"] and r["p80"] for r in timed)
+    assert all(float(r["p20"]) <= float(r["median"]) <= float(r["p80"]) for r in timed)
+    assert "torch=" in rows[0]["versions"]
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_bench_outputs_json_keys(results, script):
+    folder, _ = results[script]
+    data = json.loads((folder / f"{script}.json").read_text())
+    for key in ("script", "date", "created", "device", "device_kind", "environment", "backends", "backends_run", "skipped_backends", "args", "configs"):
+        assert key in data, key
+    assert data["script"] == script and data["device_kind"] == "cpu"
+    for key in ("torch", "triton", "ultralytics", "gpu", "python"):
+        assert key in data["environment"], key
+    assert "naive" in data["backends_run"]
+    assert set(data["backends"]) == {"area", "hypergraph"}
+    assert data["configs"], "no configurations"
+    for rec in data["configs"]:
+        for key in ("backend", "dtype", "batch", "status"):
+            assert key in rec, key
+        assert rec["status"] in ("ok", "check-failed", "unsupported", "error", "oom", "budget")
+    ok = [r for r in data["configs"] if r["status"] == "ok"]
+    assert ok, "nothing passed its check and was timed"
+    for rec in ok:
+        assert rec["check"]["pass"] is True
+        if script == "kernel_sweep":
+            assert rec["op"] in ("area_core", "area_layer", "hg_core", "hg_layer")
+            assert rec["timing"]["median"] > 0 and rec["bytes"] > 0 and rec["flops"] > 0
+        else:
+            assert rec["timing"]["eager"]["median"] > 0
+            assert rec["kernels"], "no per-layer kernel listing"
+    if script == "kernel_sweep":
+        assert {r["op"] for r in data["configs"]} == {"area_core", "area_layer", "hg_core", "hg_layer"}
+        assert data["formulas"]
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_bench_outputs_markdown_and_png(results, script):
+    folder, stdout = results[script]
+    text = (folder / f"{script}.md").read_text()
+    assert text.startswith("# ") and "CPU SMOKE RUN" in text
+    assert "|---" in text and "naive" in text
+    assert "CPU SMOKE RUN" in stdout
+    data = json.loads((folder / f"{script}.json").read_text())
+    pngs = sorted(folder.glob("*.png"))
+    assert sorted(p.name for p in pngs) == sorted(data["plots"])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert pngs, "matplotlib is installed but no PNG was written"
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE, png
+
+
+def test_bench_outputs_summarize_reads_both(results, tmp_path):
+    for script in SCRIPTS:
+        folder, _ = results[script]
+        for f in folder.iterdir():
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    proc = _run(["bench/summarize.py", str(tmp_path)], timeout=60)
+    assert "kernel sweep" in proc.stdout and "model latency" in proc.stdout
