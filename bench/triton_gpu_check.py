@@ -1,6 +1,8 @@
 """One-shot GPU check of the ``triton`` backend: equivalence tests, then a short timing table.
 
-    export PYTHONPATH=$PWD; python3 bench/triton_gpu_check.py [--no-tests] [--sweep]
+    export PYTHONPATH=$PWD; python3 bench/triton_gpu_check.py [--no-tests] [--sweep | --area-sweep] [--compile] [--bare-package]
+
+``--bare-package`` skips ``yolo13_attn/__init__.py`` (it imports Ultralytics, absent on the GPU box).
 
 Writes ``$OUT/triton_gpu.log`` (pytest) and ``$OUT/triton_bench.txt`` (timings) when ``$OUT`` is set.
 Timings: ``triton.testing.do_bench_cudagraph`` (median, CUDA-graph replay, no launch overhead);

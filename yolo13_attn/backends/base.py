@@ -70,6 +70,8 @@ class Backend:
     name: ClassVar[str]
     op: ClassVar[str]
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
+    #: devices on which ``auto`` may pick this backend (None: all of ``devices``)
+    auto_devices: ClassVar[frozenset[str] | None] = None
     dtypes: ClassVar[frozenset[torch.dtype]] = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
     min_head_dim: ClassVar[int] = 1
     max_head_dim: ClassVar[int | None] = None
@@ -108,6 +110,13 @@ class Backend:
         if call.has_dropout_mask and not cls.supports_dropout_mask:
             reasons.append("cannot apply the training-mode logit dropout mask")
         return reasons + cls.extra_reasons(call)
+
+    @classmethod
+    def auto_reasons(cls, call: OpCall) -> list[str]:
+        """Why ``auto`` must not pick this backend for ``call`` even though it could serve it."""
+        if cls.auto_devices is not None and call.device_type not in cls.auto_devices:
+            return [f"serves {call.device_type!r} only when requested explicitly"]
+        return []
 
     @classmethod
     def extra_reasons(cls, call: OpCall) -> list[str]:

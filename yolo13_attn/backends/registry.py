@@ -82,7 +82,7 @@ def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[
     skipped: dict[str, list[str]] = {}
     for name in names:
         backend = get_backend(call.op, name)
-        reasons = backend.not_supported_reasons(call)
+        reasons = backend.not_supported_reasons(call) or (backend.auto_reasons(call) if requested == AUTO else [])
         if not reasons:
             return backend, skipped
         skipped[name] = reasons

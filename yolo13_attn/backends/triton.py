@@ -58,6 +58,7 @@ def _interpreted() -> bool:
 class _TritonDeclaration:
     name = "triton"
     devices = frozenset({"cuda", "cpu"} if _INTERPRET_AT_IMPORT else {"cuda"})
+    auto_devices = frozenset({"cuda"})  # the interpreter serves explicit requests (tests), never auto
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
     supports_backward = True
     supports_dropout_mask = True
