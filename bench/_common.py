@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -376,6 +375,24 @@ def _short(name: str, width: int = 160) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def compact_kernel(name: str, width: int = 100) -> str:
+    """A readable kernel name: no ``void``, no argument list, shorter namespaces, at most ``width`` chars."""
+    name = re.sub(r"\s+", " ", name).strip().removeprefix("void ")
+    depth = 0
+    for i, ch in enumerate(name):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and i > 0 and not name.startswith("(anonymous", i):
+            name = name[:i]  # the argument list
+            break
+    for old, new in (("at::native::", ""), ("(anonymous namespace)::", ""), ("c10::Half", "Half"), ("c10::BFloat16", "BFloat16"), ("std::array<char*, ", "array<")):
+        name = name.replace(old, new)
+    name = name.strip()
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
 def profile_kernels(run: Callable[[], object], ranges: dict[str, object] | None, device: str) -> dict:
     """Profile one call of ``run`` with ``torch.profiler``.
 
@@ -545,6 +562,3 @@ def header_lines(title: str, env: dict, extra: dict | None = None) -> list[str]:
     lines.append("")
     return lines
 
-
-def python_exe() -> str:
-    return sys.executable

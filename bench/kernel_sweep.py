@@ -658,12 +658,16 @@ def plots(data: dict, out_dir: Path, prefix: str) -> list[str]:
         dtypes = [d for d in data["dtypes"] if any(r["dtype"] == d for r in recs)]
         batch = max(r["batch"] for r in recs)
         recs = [r for r in recs if r["batch"] == batch]
-        shapes = list(dict.fromkeys(r["shape"] for r in recs))
+        shapes_of = {d: list(dict.fromkeys(r["shape"] for r in recs if r["dtype"] == d)) for d in dtypes}
+        dtypes = [d for d in dtypes if shapes_of[d]]
         backends = [b for b in data["backends_run"] if any(r["backend"] == b for r in recs)]
         rows = [("speedup_vs_naive", "speedup vs naive (x)", True)] + ([("floor_frac", "fraction of floor", False)] if gpu else [("ms", "ms per call (CPU)", True)])
-        fig, axes = plt.subplots(len(rows), len(dtypes), figsize=(max(6, 0.55 * len(shapes) * len(dtypes) + 3), 4.2 * len(rows)), squeeze=False)
+        n_bars = sum(len(v) for v in shapes_of.values())
+        fig, axes = plt.subplots(len(rows), len(dtypes), figsize=(max(6, 0.55 * n_bars + 3 * len(dtypes)), 4.2 * len(rows)), squeeze=False,
+                                 gridspec_kw={"width_ratios": [max(1, len(shapes_of[d])) for d in dtypes]})
         width = 0.8 / max(1, len(backends))
         for j, dtype in enumerate(dtypes):
+            shapes = shapes_of[dtype]
             for i, (metric, ylabel, logy) in enumerate(rows):
                 ax = axes[i][j]
                 for bi, b in enumerate(backends):

@@ -37,6 +37,8 @@ import _common as C
 
 SCALES = ("n", "s", "l", "x")
 MODES = ("eager", "graph")
+#: "yolov13x fp16 triton" -> every full kernel name the profiled forward's attention layers launched
+KERNEL_NAMES_FULL: dict[str, list[str]] = {}
 
 
 class _Forward(torch.nn.Module):
@@ -91,10 +93,15 @@ def kernels_per_layer(model: torch.nn.Module, x: torch.Tensor, device: str) -> t
         return found["layers"], "bench/_common.profile_kernels"
 
 
+def compact_kernels(per_layer: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``{layer: sorted distinct compact kernel names}`` (``_common.compact_kernel``)."""
+    return {name: sorted({C.compact_kernel(k) for k in kernels}) for name, kernels in per_layer.items()}
+
+
 def group_layers(per_layer: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
-    """Layers with identical kernel lists, grouped: ``[("model.6.m.*.*.attn (4)", kernels), ...]``."""
+    """Layers with identical kernel sets, grouped: ``[("model.6.* (4 layers)", kernels), ...]``."""
     groups: dict[tuple, list[str]] = defaultdict(list)
-    for name, kernels in per_layer.items():
+    for name, kernels in compact_kernels(per_layer).items():
         groups[tuple(kernels)].append(name)
     out = []
     for kernels, names in groups.items():
@@ -114,20 +121,64 @@ def time_graph(call, device: str, samples: int) -> tuple[C.Timing, float]:
     return timing, peak
 
 
-def run_scale_dtype(scale, dtype_name, base, ref64, x_check, backends, args, device, budget, records, imgsz):
+def reference_forward(model64: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, tuple]]:
+    """Detections of the float64 model and ``{attention layer: (its input, its output)}`` of that forward."""
+    import yolo13_attn
+
+    captured, hooks = {}, []
+    for name, layer in yolo13_attn.attention_layers(model64):
+        hooks.append(layer.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, (args[0], out))))
+    try:
+        with torch.inference_mode():
+            det = detections(model64(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return det, captured
+
+
+def check_model(model, dtype, ref64, layer_refs, x_check, baseline) -> dict:
+    """The flash rule per attention layer (its float64-forward input; baseline: the unpatched layer in the
+    baseline dtype), as tests/test_model_equivalence.py, plus the detections (informational with random
+    weights: whole-model rounding differences are amplified, and fp16 detections can overflow)."""
+    from yolo13_attn.testing import flash_rule
+
+    base_det, base_layers, base_dt = baseline
+    modules = dict(model.named_modules())
+    layers = {}
+    with torch.inference_mode():
+        for name, (inp, out64) in layer_refs.items():
+            rep = flash_rule(modules[name](inp.to(dtype)), out64, base_layers[name])
+            layers[name] = {"err": rep.candidate, "bound": rep.bound, "baseline_err": rep.baseline, "pass": rep.ok}
+        det = flash_rule(detections(model(x_check.to(dtype))), ref64, base_det)
+    worst = max(layers, key=lambda n: layers[n]["err"] / layers[n]["bound"] if layers[n]["bound"] else math.inf) if layers else None
+    finite = math.isfinite(det.baseline)
+    check = {"pass": all(v["pass"] for v in layers.values()) and (det.ok or not finite), "baseline_dtype": C.dtype_name(base_dt), "batch": 1,
+             "layers_checked": len(layers), "worst_layer": worst, "layers": layers,
+             "detections": {"err": det.candidate, "bound": det.bound, "baseline_err": det.baseline, "pass": det.ok, "baseline_finite": finite},
+             "note": "per attention layer on its float64-forward input, plus detections vs the float64 model"}
+    if worst is not None:
+        check.update(err=layers[worst]["err"], bound=layers[worst]["bound"], baseline_err=layers[worst]["baseline_err"])
+    return check
+
+
+def run_scale_dtype(scale, dtype_name, base, ref64, layer_refs, x_check, backends, args, device, budget, records, imgsz):
     dtype = C.DTYPES[dtype_name]
     import yolo13_attn
     from yolo13_attn.backends import BackendUnsupportedError
-    from yolo13_attn.testing import flash_rule
 
     model = copy.deepcopy(base).to(device=device, dtype=dtype)
     baselines = {}
 
     def baseline(dt: torch.dtype):
+        """(detections, {layer: output}, dt) of the unpatched model computing in ``dt``, cast to the dtype."""
         if dt not in baselines:
             m = model if dt == dtype else copy.deepcopy(base).to(device=device, dtype=dt)
+            modules = dict(m.named_modules())
             with torch.inference_mode():
-                baselines[dt] = detections(m(x_check.to(dt))).to(dtype)
+                det = detections(m(x_check.to(dt))).to(dtype)
+                layers = {name: modules[name](inp.to(dt)).to(dtype) for name, (inp, _) in layer_refs.items()}
+            baselines[dt] = (det, layers, dt)
         return baselines[dt]
 
     baseline(dtype)  # unpatched, before any patching
@@ -147,16 +198,13 @@ def run_scale_dtype(scale, dtype_name, base, ref64, x_check, backends, args, dev
                 info["report"] = [{"name": "(all attention layers)", "backend": "naive (unpatched)", "kernel": "reference"}]
                 compute = set()
             compute_dtype = max(compute | {dtype}, key=lambda d: torch.finfo(d).eps)
-            with torch.inference_mode():
-                out = detections(model(x_check.to(dtype)))
-                base_dt = compute_dtype if torch.finfo(compute_dtype).eps > torch.finfo(dtype).eps else dtype
-                rep = flash_rule(out, ref64, baseline(base_dt))
-                info["check"] = {"pass": rep.ok, "err": rep.candidate, "bound": rep.bound, "baseline_err": rep.baseline,
-                                 "baseline_dtype": C.dtype_name(base_dt), "batch": 1, "note": "detections vs float64 model"}
-                del out
+            base_dt = compute_dtype if torch.finfo(compute_dtype).eps > torch.finfo(dtype).eps else dtype
+            info["check"] = check_model(model, dtype, ref64, layer_refs, x_check, baseline(base_dt))
             if not args.no_profile:
                 t0 = time.perf_counter()
-                info["kernels"], info["kernels_tool"] = kernels_per_layer(model, x_check.to(dtype), device)
+                full, info["kernels_tool"] = kernels_per_layer(model, x_check.to(dtype), device)
+                info["kernels"] = compact_kernels(full)
+                KERNEL_NAMES_FULL[f"yolov13{scale} {dtype_name} {backend}"] = sorted({k for ks in full.values() for k in ks})
                 info["profile_s"] = time.perf_counter() - t0
         except BackendUnsupportedError as err:
             for batch in args.batch_list:
@@ -174,7 +222,7 @@ def run_scale_dtype(scale, dtype_name, base, ref64, x_check, backends, args, dev
             continue
         for batch in args.batch_list:
             rec = {**common, "batch": batch, **info, "timing": {}, "peak_mem_mb": {}, "status": "ok" if info["check"].get("pass", True) else "check-failed",
-                   "reason": "" if info["check"].get("pass", True) else f"detections: max error {info['check']['err']:.3e} > bound {info['check']['bound']:.3e}"}
+                   "reason": "" if info["check"].get("pass", True) else _check_reason(info["check"])}
             if budget.exhausted():
                 rec.update(status="budget", reason="time budget exhausted")
                 records.append(rec)
@@ -212,7 +260,7 @@ def run_scale_dtype(scale, dtype_name, base, ref64, x_check, backends, args, dev
                 if pk is not None and math.isfinite(pk):
                     line += f" ({pk:.0f} MB)"
             chk = info["check"]
-            line += f" check {'ok' if chk.get('pass') else 'FAIL'} ({chk.get('err', float('nan')):.1e} vs bound {chk.get('bound', float('nan')):.1e})"
+            line += f" check {'ok' if chk.get('pass') else 'FAIL'} (worst layer {_e(chk.get('err'))} vs bound {_e(chk.get('bound'))})"
             if errors:
                 line += " errors: " + "; ".join(errors)
             C.progress(line + f" [{time.perf_counter() - t0:.1f}s]")
@@ -221,6 +269,18 @@ def run_scale_dtype(scale, dtype_name, base, ref64, x_check, backends, args, dev
             handle.undo()
     del model
     C.free_memory()
+
+
+def _e(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2e}"
+
+
+def _check_reason(chk: dict) -> str:
+    bad = [f"{n}: {_e(v['err'])} > {_e(v['bound'])}" for n, v in chk.get("layers", {}).items() if not v["pass"]]
+    det = chk.get("detections", {})
+    if det and not det.get("pass") and det.get("baseline_finite", True):
+        bad.append(f"detections: {_e(det.get('err'))} > {_e(det.get('bound'))}")
+    return "flash rule failed: " + "; ".join(bad)
 
 
 def add_speedups(records: list[dict]) -> None:
@@ -309,7 +369,11 @@ def markdown(data: dict) -> str:
                 row.append(" / ".join(f"{pk[m]:.0f}" if m in pk and pk[m] is not None and math.isfinite(pk[m]) else "-" for m in data["modes"]))
             rows.append(row)
         lines += [C.md_table(["model", "dtype", "B"] + backends, rows), ""]
-    lines += ["## Equivalence check (detections at batch 1 vs float64 model)", ""]
+    lines += ["## Equivalence check at batch 1 (flash rule against the float64 model)", "",
+              "Per attention layer: each patched layer on the input it sees in the float64 forward (baseline: the unpatched layer "
+              "in the baseline dtype), as tests/test_model_equivalence.py; `worst layer` = the layer closest to its bound. "
+              "Detections: the whole model's output - informational with seeded random weights (rounding is amplified through "
+              "the network; fp16 detections of the larger models can overflow, making the bound infinite).", ""]
     seen, rows = set(), []
     for r in records:
         key = (r["model"], r["dtype"], r["backend"])
@@ -317,8 +381,11 @@ def markdown(data: dict) -> str:
             continue
         seen.add(key)
         c = r["check"]
-        rows.append([r["model"], r["dtype"], r["backend"], "ok" if c["pass"] else "FAIL", f"{c['err']:.2e}", f"{c['bound']:.2e}", c.get("baseline_dtype", "")])
-    lines += [C.md_table(["model", "dtype", "backend", "check", "max err", "bound", "baseline dtype"], rows), ""]
+        det = c.get("detections") or ({"err": c.get("err"), "bound": c.get("bound")} if "layers" not in c else {})
+        layers = f"{c['layers_checked']} layers, worst {_e(c.get('err'))} <= {_e(c.get('bound'))}" if "layers" in c else "not run (older result)"
+        rows.append([r["model"], r["dtype"], r["backend"], "ok" if c["pass"] else "FAIL", layers,
+                     f"{_e(det.get('err'))} / {_e(det.get('bound'))}", c.get("baseline_dtype", "")])
+    lines += [C.md_table(["model", "dtype", "backend", "check", "attention layers", "detections err / bound", "baseline dtype"], rows), ""]
     lines += ["## Kernels that ran, per attention layer (one profiled eager forward at batch 1)", ""]
     seen = set()
     for r in records:
@@ -403,6 +470,14 @@ def replot(out_dir: Path) -> None:
     import json
 
     data = json.loads((out_dir / "model_latency.json").read_text())
+    full = data.setdefault("kernel_names_full", {})
+    for r in data["configs"]:  # results written before the names were compacted
+        if r.get("kernels"):
+            key = f"{r['model']} {r['dtype']} {r['backend']}"
+            names = {k for ks in r["kernels"].values() for k in ks}
+            if any(C.compact_kernel(k) != k for k in names):
+                full.setdefault(key, sorted(names))
+            r["kernels"] = compact_kernels(r["kernels"])
     print(f"re-rendered {', '.join(write_outputs(data, out_dir))} in {out_dir}")
 
 
@@ -474,12 +549,12 @@ def main(argv=None) -> int:
                 base, n_params = build_base(scale, args.seed, (min(args.hw[0], 160), min(args.hw[1], 160)))
                 with torch.inference_mode():
                     model64 = copy.deepcopy(base).to(device=device, dtype=torch.float64)
-                    ref64 = detections(model64(x_check.double()))
+                    ref64, layer_refs = reference_forward(model64, x_check.double())
                     del model64
-                models[scale] = {"base": base, "ref64": ref64, "params": n_params}
+                models[scale] = {"base": base, "ref64": ref64, "layer_refs": layer_refs, "params": n_params}
                 C.progress(f"built yolov13{scale}: {n_params:,} parameters (+ float64 reference forward) in {time.perf_counter() - t0:.1f}s")
             entry = models[scale]
-            run_scale_dtype(scale, dtype_name, entry["base"], entry["ref64"], x_check, backends, args, device, budget, records, imgsz)
+            run_scale_dtype(scale, dtype_name, entry["base"], entry["ref64"], entry["layer_refs"], x_check, backends, args, device, budget, records, imgsz)
     add_speedups(records)
     data = {
         "script": "model_latency",
@@ -495,6 +570,7 @@ def main(argv=None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "scales": scales, "batches": args.batch_list, "dtypes": dtypes, "modes": args.mode_list, "imgsz": imgsz,
         "parameters": {f"yolov13{s}": e["params"] for s, e in models.items()},
+        "kernel_names_full": KERNEL_NAMES_FULL,
         "elapsed_s": budget.elapsed(),
         "configs": records,
     }

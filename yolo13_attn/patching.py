@@ -52,13 +52,13 @@ def _resolve_spec(backend: BackendSpec) -> dict[str, str]:
 
 def _root_module(target: nn.Module) -> nn.Module:
     """The nn.Module holding the layers: ``YOLO.model`` for an Ultralytics YOLO object."""
-    inner = getattr(target, "model", None) if _is_yolo(target) else target
+    inner = getattr(target, "model", None) if is_yolo(target) else target
     if not isinstance(inner, nn.Module):
         raise TypeError(f"cannot patch {type(target).__name__}: its model is {type(inner).__name__}, not a PyTorch module (exported formats cannot be patched)")
     return inner
 
 
-def _is_yolo(target: object) -> bool:
+def is_yolo(target: object) -> bool:
     from ultralytics.engine.model import Model
 
     return isinstance(target, Model)
@@ -189,7 +189,7 @@ def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool =
     root = _root_module(model)
     if _patch_module(root, spec, check_finite) == 0:
         warnings.warn(f"yolo13_attn.patch: {type(root).__name__} has no attention layers to patch for ops {sorted(spec)}", stacklevel=2)
-    if _is_yolo(model):
+    if is_yolo(model):
         _install_yolo_hooks(model, spec)
     return PatchHandle(model, spec)
 
@@ -211,6 +211,6 @@ def _remove_yolo_hooks(yolo) -> None:
 
 def unpatch(model: nn.Module) -> int:
     """Restore every patched layer of ``model`` (and a YOLO object's hooks); returns how many."""
-    if _is_yolo(model):
+    if is_yolo(model):
         _remove_yolo_hooks(model)
     return _unpatch_module(_root_module(model))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 
-from .patching import attention_layers
+from .patching import attention_layers, is_yolo
 
 RANGE_PREFIX = "yolo13_attn::layer::"
 
@@ -57,7 +57,7 @@ def kernels_by_layer(model: nn.Module, *inputs: torch.Tensor) -> dict[str, Count
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    forward = model.model if hasattr(model, "predict") else model
+    forward = model.model if is_yolo(model) else model
     try:
         with torch.profiler.profile(activities=activities) as prof:
             forward(*inputs)

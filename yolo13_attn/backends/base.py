@@ -70,8 +70,9 @@ class Backend:
     name: ClassVar[str]
     op: ClassVar[str]
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
-    #: devices on which ``auto`` may pick this backend (None: all of ``devices``)
+    #: devices / dtypes for which ``auto`` may pick this backend (None: all it supports)
     auto_devices: ClassVar[frozenset[str] | None] = None
+    auto_dtypes: ClassVar[frozenset[torch.dtype] | None] = None
     dtypes: ClassVar[frozenset[torch.dtype]] = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
     min_head_dim: ClassVar[int] = 1
     max_head_dim: ClassVar[int | None] = None
@@ -114,9 +115,12 @@ class Backend:
     @classmethod
     def auto_reasons(cls, call: OpCall) -> list[str]:
         """Why ``auto`` must not pick this backend for ``call`` even though it could serve it."""
+        reasons = []
         if cls.auto_devices is not None and call.device_type not in cls.auto_devices:
-            return [f"serves {call.device_type!r} only when requested explicitly"]
-        return []
+            reasons.append(f"serves {call.device_type!r} only when requested explicitly")
+        if cls.auto_dtypes is not None and call.dtype not in cls.auto_dtypes:
+            reasons.append(f"serves {str(call.dtype).removeprefix('torch.')} only when requested explicitly")
+        return reasons
 
     @classmethod
     def extra_reasons(cls, call: OpCall) -> list[str]:

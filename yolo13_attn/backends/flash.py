@@ -57,6 +57,8 @@ class _FlashDeclaration:
     max_head_dim = 256
     head_dim_multiple = 8
     deterministic = True
+    # fp32 layers are served in fp16 only when asked for explicitly: auto never lowers precision
+    auto_dtypes = frozenset(HALF_DTYPES)
 
     @classmethod
     def availability_reasons(cls) -> list[str]:
@@ -110,7 +112,7 @@ class FlashHypergraph(_FlashDeclaration, HypergraphBackend):
         he, lse = flash_attention(*(t.to(dtype).unsqueeze(2) for t in (prototypes, xp, x)), scale)
         if torch.is_grad_enabled() and (xp.requires_grad or prototypes.requires_grad):
             # FA2 returns lse without a gradient; the scatter needs one, so recompute it differentiably
-            lse = torch.logsumexp(hyperedge_logits(xp.float(), prototypes.float(), scale), dim=1)
+            lse = torch.logsumexp(hyperedge_logits(xp, prototypes, scale).float(), dim=1)
         return he.squeeze(2).to(x.dtype), lse.reshape(lse.shape[0], -1).float()
 
     scatter = NaiveHypergraph.scatter

@@ -12,14 +12,15 @@ from torch import Tensor
 
 from ..ops.reference import from_area_tokens, hyperedge_logits, to_area_tokens
 from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
-from .naive import NaiveHypergraph, accumulation_dtype
+from .naive import NaiveHypergraph
 from .registry import register
 
 _SDP_KERNELS = {0: "math", 1: "flash", 2: "memory-efficient", 3: "cuDNN", 4: "overrideable"}
 
 
 def sdpa_kernel_choice(call: OpCall, seq_q: int = 64, seq_k: int = 64, with_mask: bool = False) -> str:
-    """The SDPA inner kernel PyTorch selects for a call like ``call`` (probed on tiny tensors)."""
+    """The SDPA inner kernel PyTorch selects for a call like ``call`` (probed on small contiguous
+    tensors, the layout this backend hands to SDPA)."""
     shape_q, shape_k = (1, 1, seq_q, call.head_dim), (1, 1, seq_k, call.head_dim)
     q = torch.empty(shape_q, device=call.device, dtype=call.dtype)
     k = torch.empty(shape_k, device=call.device, dtype=call.dtype)
@@ -44,7 +45,8 @@ class SdpaAreaAttention(AreaAttentionBackend):
     @classmethod
     def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
         b = q.shape[0]
-        qt, kt, vt = (to_area_tokens(t, area).flatten(0, 1) for t in (q, k, v))
+        # contiguous head_dim: with a strided last dimension PyTorch silently takes its math fallback
+        qt, kt, vt = (to_area_tokens(t, area).flatten(0, 1).contiguous() for t in (q, k, v))
         out = F.scaled_dot_product_attention(qt, kt, vt, scale=scale)
         return from_area_tokens(out.unflatten(0, (b, area)))
 
@@ -65,12 +67,13 @@ class SdpaHypergraph(HypergraphBackend):
 
     @classmethod
     def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
-        logits = hyperedge_logits(xp.to(accumulation_dtype(xp.dtype)), prototypes.to(accumulation_dtype(xp.dtype)), scale)
+        logits = hyperedge_logits(xp, prototypes, scale).float()  # (B, N, M): small, so fp32 costs little
         bias = None
         if dropout_mask is not None:  # softmax(l * mask) == softmax(l + l * (mask - 1))
             bias = (logits * (dropout_mask - 1)).transpose(1, 2).unsqueeze(1).to(x.dtype)
             logits = logits * dropout_mask
-        he = F.scaled_dot_product_attention(prototypes.unsqueeze(1), xp.unsqueeze(1), x.unsqueeze(1), attn_mask=bias, scale=scale)
+        q, k, v = (t.unsqueeze(1).contiguous() for t in (prototypes, xp, x))  # x is a strided token view
+        he = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         return he.squeeze(1), torch.logsumexp(logits, dim=1).float()
 
     scatter = NaiveHypergraph.scatter

@@ -59,6 +59,8 @@ class _TritonDeclaration:
     name = "triton"
     devices = frozenset({"cuda", "cpu"} if _INTERPRET_AT_IMPORT else {"cuda"})
     auto_devices = frozenset({"cuda"})  # the interpreter serves explicit requests (tests), never auto
+    # full IEEE fp32 (no TF32) is no faster than the reference on H100 (bench/results): auto takes it for half types
+    auto_dtypes = frozenset({torch.float16, torch.bfloat16})
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
     supports_backward = True
     supports_dropout_mask = True
