@@ -33,11 +33,11 @@ def test_compile_fullgraph_attention_layers(backend):
             torch.testing.assert_close(compiled(x), layer(x), rtol=2e-3, atol=2e-3)
 
 
-def patched_yolov13n(backend: str) -> torch.nn.Module:
+def patched_yolov13n(backend: str, dtype: torch.dtype = torch.half) -> torch.nn.Module:
     model = YOLO("yolov13n.yaml").model
     randomize_weights(model, seed=9)
     calibrate_batchnorm(model, torch.rand(2, 3, 128, 128))
-    model = model.fuse().cuda().half().eval()
+    model = model.fuse().cuda().to(dtype).eval()
     yolo13_attn.patch(model, backend)
     return model
 
@@ -70,8 +70,10 @@ def test_cuda_graph_capture_matches_eager(backend):
 @needs_cuda
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_torch_compile_inductor_whole_model_matches_eager(backend):
-    model = patched_yolov13n(backend)
-    x = torch.rand(2, 3, 320, 256, device="cuda", dtype=torch.half)
+    """fp32, so that inductor's own re-fusion of the convolutions and elementwise ops (which moves
+    fp16 rounding around) does not hide what matters: the patched attention traced correctly."""
+    model = patched_yolov13n(backend, torch.float32)
+    x = torch.rand(2, 3, 320, 256, device="cuda")
     compiled = torch.compile(copy.deepcopy(model))
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=1e-2, atol=5e-2)
+        torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=1e-3, atol=2e-2)
