@@ -562,3 +562,29 @@ def header_lines(title: str, env: dict, extra: dict | None = None) -> list[str]:
     lines.append("")
     return lines
 
+
+
+def add_run_arguments(p) -> None:
+    """The flags both scripts share: where results go, budgets, CPU smoke-mode threads, replotting."""
+    p.add_argument("--cpu", action="store_true", help="force the CPU smoke mode even with a GPU")
+    p.add_argument("--out", type=Path, help="results folder (default bench/results/<gpu>-<date>/ or bench/results/cpu/)")
+    p.add_argument("--budget-s", type=float, help="stop starting new configurations after this many seconds (the rest are listed as not run)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the CPU smoke mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replot", type=Path, metavar="DIR", help="re-render markdown/PNG/CSV from the JSON in DIR and exit")
+    p.add_argument("--verbose", action="store_true")
+
+
+def start_run(args, replot: Callable[[Path], object]) -> tuple[bool, str] | None:
+    """Handle ``--replot`` (returns None: nothing more to do) or pick the mode: ``(cpu_mode, device)``.
+
+    The CPU smoke mode uses ``--threads`` torch threads (default one: no OpenMP barriers stalling
+    on a shared, preempted CPU).
+    """
+    if args.replot:
+        replot(args.replot)
+        return None
+    cpu_mode = args.cpu or not has_gpu()
+    if cpu_mode:
+        torch.set_num_threads(args.threads)
+    return cpu_mode, "cpu" if cpu_mode else "cuda"

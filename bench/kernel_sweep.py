@@ -736,29 +736,20 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", help="comma list of fp16,bf16,fp32")
     p.add_argument("--images", help=f"comma list of {','.join(IMAGES)} (H x W)")
     p.add_argument("--quick", action="store_true", help="GPU: scales n,x; 640x640; batches 1,16; fp16")
-    p.add_argument("--cpu", action="store_true", help="force the CPU smoke mode even with a GPU")
-    p.add_argument("--out", type=Path, help="results folder (default bench/results/<gpu>-<date>/ or bench/results/cpu/)")
-    p.add_argument("--budget-s", type=float, help="stop starting new configurations after this many seconds (the rest are listed as not run)")
     p.add_argument("--append", action="store_true", help="merge with the kernel_sweep.json already in --out (same configurations are replaced)")
     p.add_argument("--no-graph", action="store_true", help="time with triton.testing.do_bench instead of CUDA graphs")
     p.add_argument("--samples", type=int, default=15, help="timing samples per configuration (GPU)")
     p.add_argument("--cpu-time-per-config", type=float, default=0.15, help="seconds of timing per configuration on CPU")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in the CPU smoke mode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--replot", type=Path, metavar="DIR", help="re-render markdown/PNG/CSV from DIR/kernel_sweep.json and exit")
-    p.add_argument("--verbose", action="store_true")
+    C.add_run_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.replot:
-        replot(args.replot)
+    mode = C.start_run(args, replot)
+    if mode is None:
         return 0
-    cpu_mode = args.cpu or not C.has_gpu()
-    device = "cpu" if cpu_mode else "cuda"
-    if cpu_mode:
-        torch.set_num_threads(args.threads)  # one thread: no OpenMP barriers stalling on a shared, preempted CPU
+    cpu_mode, device = mode
     if cpu_mode:
         defaults = dict(ops=list(OPS), scales=["n"], batches=[1], dtypes=["fp32"], images=["320x256"])
     elif args.quick:

@@ -489,28 +489,19 @@ def parse_args(argv=None):
     p.add_argument("--backends", help="comma list (default: every available backend; naive = unpatched)")
     p.add_argument("--modes", help="comma list of eager,graph")
     p.add_argument("--imgsz", default=None, help="HxW or one number (default 640; CPU 320)")
-    p.add_argument("--cpu", action="store_true", help="force the CPU smoke mode even with a GPU")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--budget-s", type=float, help="stop starting new configurations after this many seconds")
     p.add_argument("--eager-budget-s", type=float, default=1.0, help="seconds of eager timing per configuration")
     p.add_argument("--samples", type=int, default=10, help="CUDA-graph timing samples")
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer kernel listing")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in the CPU smoke mode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--replot", type=Path, metavar="DIR")
-    p.add_argument("--verbose", action="store_true")
+    C.add_run_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.replot:
-        replot(args.replot)
+    mode = C.start_run(args, replot)
+    if mode is None:
         return 0
-    cpu_mode = args.cpu or not C.has_gpu()
-    device = "cpu" if cpu_mode else "cuda"
-    if cpu_mode:
-        torch.set_num_threads(args.threads)
+    cpu_mode, device = mode
     scales = C.parse_list(args.scales, SCALES, "scale") or (["n"] if cpu_mode else list(SCALES))
     args.batch_list = [int(b) for b in (C.parse_list(args.batches) or ([1] if cpu_mode else [1, 8, 16]))]
     dtypes = C.parse_list(args.dtypes, list(C.DTYPES), "dtype") or (["fp32"] if cpu_mode else ["fp16", "fp32"])

@@ -151,33 +151,26 @@ def time_area(sweep: bool) -> None:
     t_fa_fb = bench(fa_fb)
     emit(f"triton backward alone {t_bwd:.4f} ms; FA2 (sdpa flash) forward+backward {t_fa_fb:.4f} ms")
 
+    def forward_config_sweep(configs):
+        emit("\n## area forward config sweep, x P4 B=16 fp16 (block_m, block_n, warps, stages) -> ms")
+        sets = area_inputs(16, 12, 32, 40, 40, torch.float16)
+        outs = [torch.empty(16, 12, 32, 1600, device="cuda", dtype=torch.float16) for _ in sets]
+        lses = [torch.empty(16, 12, 1600, device="cuda") for _ in sets]
+        for bm, bn, nw, ns in configs:
+            cfg = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+            try:
+                t = bench(lambda i: triton_ops.area_attention_forward(*sets[i][1:], 4, 32 ** -0.5, out=outs[i],
+                                                                      lse=lses[i], config=cfg))
+                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: {t:.4f}")
+            except Exception as exc:  # noqa: BLE001
+                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: failed {type(exc).__name__}: {str(exc)[:100]}")
+        return sets
+
     if sweep == "area":
-        emit("\n## area forward config sweep, x P4 B=16 fp16 (block_m, block_n, warps, stages) -> ms")
-        sets = area_inputs(16, 12, 32, 40, 40, torch.float16)
-        outs = [torch.empty(16, 12, 32, 1600, device="cuda", dtype=torch.float16) for _ in sets]
-        lses = [torch.empty(16, 12, 1600, device="cuda") for _ in sets]
-        for bm, bn, nw, ns in [(64, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3), (32, 32, 4, 3), (128, 32, 8, 3), (64, 16, 4, 3)]:
-            cfg = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
-            try:
-                t = bench(lambda i: triton_ops.area_attention_forward(*sets[i][1:], 4, 32 ** -0.5, out=outs[i],
-                                                                      lse=lses[i], config=cfg))
-                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: {t:.4f}")
-            except Exception as exc:  # noqa: BLE001
-                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: failed {type(exc).__name__}: {str(exc)[:100]}")
+        forward_config_sweep([(64, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3), (32, 32, 4, 3), (128, 32, 8, 3), (64, 16, 4, 3)])
     if sweep is True:
-        emit("\n## area forward config sweep, x P4 B=16 fp16 (block_m, block_n, warps, stages) -> ms")
-        sets = area_inputs(16, 12, 32, 40, 40, torch.float16)
-        outs = [torch.empty(16, 12, 32, 1600, device="cuda", dtype=torch.float16) for _ in sets]
-        lses = [torch.empty(16, 12, 1600, device="cuda") for _ in sets]
-        for bm, bn, nw, ns in [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2),
-                               (128, 32, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2), (32, 64, 2, 3), (128, 64, 8, 3)]:
-            cfg = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
-            try:
-                t = bench(lambda i: triton_ops.area_attention_forward(*sets[i][1:], 4, 32 ** -0.5, out=outs[i],
-                                                                      lse=lses[i], config=cfg))
-                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: {t:.4f}")
-            except Exception as exc:  # noqa: BLE001
-                emit(f"  {bm:4d} {bn:4d} {nw} {ns}: failed {type(exc).__name__}: {str(exc)[:100]}")
+        sets = forward_config_sweep([(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2),
+                                     (128, 32, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2), (32, 64, 2, 3), (128, 64, 8, 3)])
         emit("\n## area backward config sweep (block_m = block_n, warps, stages) -> ms")
         fw = [triton_ops.area_attention_forward(*s[1:], 4, 32 ** -0.5) for s in sets]
         for bm, bn, nw, ns in [(64, 64, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2)]:
