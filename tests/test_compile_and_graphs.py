@@ -33,12 +33,14 @@ def test_compile_fullgraph_attention_layers(backend):
             torch.testing.assert_close(compiled(x), layer(x), rtol=2e-3, atol=2e-3)
 
 
-def patched_yolov13n(backend: str, dtype: torch.dtype = torch.half) -> torch.nn.Module:
+def patched_yolov13n(backend: str | None, dtype: torch.dtype = torch.half) -> torch.nn.Module:
+    """YOLOv13n with seeded random weights and calibrated BatchNorm, fused, on the GPU (unpatched for None)."""
     model = YOLO("yolov13n.yaml").model
     randomize_weights(model, seed=9)
     calibrate_batchnorm(model, torch.rand(2, 3, 128, 128))
     model = model.fuse().cuda().to(dtype).eval()
-    yolo13_attn.patch(model, backend)
+    if backend is not None:
+        yolo13_attn.patch(model, backend)
     return model
 
 
@@ -70,10 +72,16 @@ def test_cuda_graph_capture_matches_eager(backend):
 @needs_cuda
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_torch_compile_inductor_whole_model_matches_eager(backend):
-    """fp32, so that inductor's own re-fusion of the convolutions and elementwise ops (which moves
-    fp16 rounding around) does not hide what matters: the patched attention traced correctly."""
-    model = patched_yolov13n(backend, torch.float32)
+    """Inductor re-fuses the convolutions and elementwise ops, which moves rounding around; with
+    random weights even the unpatched model drifts visibly between eager and compiled. The patch
+    must add nothing to that drift: |compiled - eager| of the patched model within 2x of the
+    unpatched model's (+ slack). fp32, so the drift is rounding, not fp16 overflow."""
     x = torch.rand(2, 3, 320, 256, device="cuda")
-    compiled = torch.compile(copy.deepcopy(model))
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=1e-3, atol=2e-2)
+
+    def drift(model):
+        compiled = torch.compile(copy.deepcopy(model))
+        with torch.no_grad():
+            return (compiled(x)[0] - model(x)[0]).abs().max().item()
+
+    plain, patched = drift(patched_yolov13n(None, torch.float32)), drift(patched_yolov13n(backend, torch.float32))
+    assert patched <= 2 * plain + 1e-2, f"compiled {backend} drifts {patched:.3g} from eager; unpatched drifts {plain:.3g}"
