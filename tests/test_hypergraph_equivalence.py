@@ -172,3 +172,9 @@ def test_hypergraph_layer_equivalence_same_random_state(backend, device, train):
     got = run(patched, dtype)
     for what, g, r, p in zip(("output", "dx", "dprototypes"), got, ref64, baseline):
         assert_flash_rule(g, r, p, f"{backend} {what} ({'train' if train else 'eval'})")
+
+
+def test_scatter_checks_he_and_lse_shapes():
+    x, xp, prototypes, _ = inputs(1, 7, 16, 2, torch.float32, "cpu", False)
+    with pytest.raises(ValueError, match=r"he must be \(B, M, D\)"):
+        hypergraph_scatter(xp, prototypes, torch.zeros(1, 2), torch.randn(1, 3, 16), 0.1)

@@ -84,9 +84,9 @@ class AdaHGConv(HypergraphLayer, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gen = self.edge_generator
         prototypes, xp, mask = gen.prototypes(x), gen.pre_head_proj(x), gen.dropout_mask(x)
-        backend, label = self.hypergraph_backend(x, xp, prototypes, mask), self.layer_label()
-        he, lse = hypergraph_aggregate(x, xp, prototypes, gen.scale, mask, backend=backend, layer=label)
-        xn = hypergraph_scatter(xp, prototypes, lse, self.edge_proj(he), gen.scale, mask, backend=backend, layer=label)
+        backend = self.hypergraph_backend(x, xp, prototypes, mask)
+        he, lse = hypergraph_aggregate(x, xp, prototypes, gen.scale, mask, backend=backend, layer=self)
+        xn = hypergraph_scatter(xp, prototypes, lse, self.edge_proj(he), gen.scale, mask, backend=backend, layer=self)
         return self.node_proj(xn) + x
 
 

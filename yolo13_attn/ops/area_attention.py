@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..backends.base import AreaAttentionBackend, OpCall
 from ..backends.registry import AUTO, select
-from .checks import check_area_inputs
+from .checks import LayerRef, check_area_inputs
 
 
 def resolve_area_backend(q: Tensor, k: Tensor, v: Tensor, backend: str | type[AreaAttentionBackend]) -> type[AreaAttentionBackend]:
@@ -24,7 +24,7 @@ def area_attention(
     scale: float | None = None,
     *,
     backend: str | type[AreaAttentionBackend] = AUTO,
-    layer: str | None = None,
+    layer: LayerRef = None,
 ) -> Tensor:
     """Softmax attention inside ``area`` contiguous token chunks (YOLOv13's area attention).
 
@@ -36,7 +36,7 @@ def area_attention(
         scale: logit scale, ``head_dim ** -0.5`` by default.
         backend: ``"auto"``, a backend name (``naive``, ``sdpa``, ``flash``, ``triton``, ``cuda``),
             or a backend class.
-        layer: name used in error messages.
+        layer: names the layer in errors (a name, or a module with ``layer_label()``).
 
     Returns:
         ``(B, heads, head_dim, N)``, contiguous, so ``.view(B, C, H, W)`` is free.

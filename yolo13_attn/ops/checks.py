@@ -5,12 +5,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+#: what names a layer in an error: its name, or a module whose ``layer_label()`` gives it (built only on error)
+LayerRef = object
 
-def _where(layer: str | None) -> str:
-    return f"{layer}: " if layer else ""
+
+def _where(layer: LayerRef) -> str:
+    if layer is None:
+        return ""
+    label = layer.layer_label() if hasattr(layer, "layer_label") else str(layer)
+    return f"{label}: "
 
 
-def check_area_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, layer: str | None = None) -> None:
+def check_area_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, layer: LayerRef = None) -> None:
     """Validate area-attention inputs ``(B, heads, head_dim, N)``; raise ValueError naming ``layer``."""
     where = _where(layer)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -25,7 +31,7 @@ def check_area_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, layer: str | N
         raise ValueError(f"{where}token count N={n} (shape {tuple(q.shape)}) is not divisible by area={area}")
 
 
-def check_hypergraph_inputs(x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None, layer: str | None = None) -> None:
+def check_hypergraph_inputs(x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None, layer: LayerRef = None) -> None:
     """Validate hypergraph inputs x/xp ``(B, N, D)``, prototypes ``(B, M, D)``, mask ``(B, N, M)``."""
     where = _where(layer)
     if x.dim() != 3 or xp.shape != x.shape:
@@ -37,6 +43,16 @@ def check_hypergraph_inputs(x: Tensor, xp: Tensor, prototypes: Tensor, dropout_m
         raise ValueError(f"{where}dropout_mask must be (B, N, M)={(b, n, prototypes.shape[1])}, got {tuple(dropout_mask.shape)}")
     if not (x.device == xp.device == prototypes.device):
         raise ValueError(f"{where}x, xp and prototypes must be on one device")
+
+
+def check_scatter_inputs(xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, dropout_mask: Tensor | None, layer: LayerRef = None) -> None:
+    """Validate scatter inputs: as the aggregation's, plus he ``(B, M, D)`` and lse ``(B, M)``."""
+    check_hypergraph_inputs(xp, xp, prototypes, dropout_mask, layer)
+    if he.shape != prototypes.shape or lse.shape != prototypes.shape[:2]:
+        raise ValueError(
+            f"{_where(layer)}he must be (B, M, D)={tuple(prototypes.shape)} and lse (B, M)={tuple(prototypes.shape[:2])}, "
+            f"got {tuple(he.shape)} and {tuple(lse.shape)}"
+        )
 
 
 def check_finite(layer: str, **tensors: Tensor) -> None:

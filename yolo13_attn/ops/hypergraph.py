@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..backends.base import HypergraphBackend, OpCall
 from ..backends.registry import AUTO, select
-from .checks import check_hypergraph_inputs
+from .checks import LayerRef, check_hypergraph_inputs, check_scatter_inputs
 
 
 def resolve_hypergraph_backend(
@@ -32,7 +32,7 @@ def hypergraph_aggregate(
     dropout_mask: Tensor | None = None,
     *,
     backend: str | type[HypergraphBackend] = AUTO,
-    layer: str | None = None,
+    layer: LayerRef = None,
 ) -> tuple[Tensor, Tensor]:
     """Vertex -> hyperedge aggregation.
 
@@ -42,6 +42,7 @@ def hypergraph_aggregate(
         prototypes: ``(B, M, D)`` hyperedge prototypes (queries).
         scale: logit scale, ``1 / (num_heads * sqrt(D // num_heads))``.
         dropout_mask: ``(B, N, M)`` multiplicative logit mask (training) or None.
+        layer: names the layer in errors (a name, or a module with ``layer_label()``).
 
     Returns:
         ``he (B, M, D)`` and ``lse (B, M)`` float32 (log-sum-exp of the logits over N).
@@ -60,7 +61,7 @@ def hypergraph_scatter(
     dropout_mask: Tensor | None = None,
     *,
     backend: str | type[HypergraphBackend] = AUTO,
-    layer: str | None = None,
+    layer: LayerRef = None,
 ) -> Tensor:
     """Hyperedge -> vertex scatter with the aggregation's weights ``exp(logit - lse)``.
 
@@ -72,6 +73,6 @@ def hypergraph_scatter(
     Returns:
         ``(B, N, D)``.
     """
-    check_hypergraph_inputs(xp, xp, prototypes, dropout_mask, layer)
+    check_scatter_inputs(xp, prototypes, lse, he, dropout_mask, layer)
     impl = resolve_hypergraph_backend(xp, xp, prototypes, dropout_mask, backend)
     return impl.scatter(xp, prototypes, lse, he, scale, dropout_mask)
