@@ -564,6 +564,11 @@ def header_lines(title: str, env: dict, extra: dict | None = None) -> list[str]:
 
 
 
+def report_compute_dtypes(handle) -> set[torch.dtype]:
+    """The dtypes a patch handle's layers compute in."""
+    return {getattr(torch, r.compute_dtype, None) for r in handle.report()} - {None}
+
+
 def add_run_arguments(p) -> None:
     """The flags both scripts share: where results go, budgets, CPU smoke-mode threads, replotting."""
     p.add_argument("--cpu", action="store_true", help="force the CPU smoke mode even with a GPU")

@@ -166,10 +166,10 @@ class Group:
         raise NotImplementedError
 
     def baseline_dtype(self, runner: Runner) -> torch.dtype:
-        """The plain-PyTorch baseline's dtype, as tests/backend_cases.py: the input dtype, or the
-        backend's compute dtype where that is less precise (flash computes fp32 in fp16)."""
-        compute = runner.compute_dtype or self.dtype
-        return compute if torch.finfo(compute).eps > torch.finfo(self.dtype).eps else self.dtype
+        """The plain-PyTorch baseline's dtype (``yolo13_attn.testing.baseline_dtype``)."""
+        from yolo13_attn.testing import baseline_dtype
+
+        return baseline_dtype(self.dtype, *filter(None, [runner.compute_dtype]))
 
     def baseline(self, dtype: torch.dtype):
         if dtype not in self._baselines:
@@ -194,6 +194,8 @@ class AreaCore(Group):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
+        from yolo13_attn.nn.area_attention import heads_view
+
         s, b = self.shape, self.batch
         set_bytes = 4 * b * s.c * s.n * self.esize
         self.sets = []
@@ -201,7 +203,7 @@ class AreaCore(Group):
             qk = _randn((b, 2 * s.c, s.h, s.w), self.dtype, self.device, self.gen)
             v = _randn((b, s.c, s.h, s.w), self.dtype, self.device, self.gen)
             q, k = qk.chunk(2, dim=1)
-            self.sets.append(tuple(t.unflatten(1, (s.heads, -1)).flatten(3) for t in (q, k, v)))
+            self.sets.append(tuple(heads_view(t, s.heads) for t in (q, k, v)))
         self.sets_bytes = len(self.sets) * 3 * b * s.c * s.n * self.esize
         self._references()
 
@@ -296,9 +298,10 @@ class _LayerGroup(Group):
             handle = yolo13_attn.patch(layer, backend)
         except BackendUnsupportedError as err:
             raise Unsupported(str(err).split(" -- ", 1)[-1]) from None
-        compute = {getattr(torch, r.compute_dtype, None) for r in handle.report()} - {None}
-        compute_dtype = max(compute, key=lambda d: torch.finfo(d).eps) if compute else None
-        return Runner(calls, _report_of(handle), handle.undo, compute_dtype)
+        from yolo13_attn.testing import baseline_dtype
+
+        compute = C.report_compute_dtypes(handle)
+        return Runner(calls, _report_of(handle), handle.undo, baseline_dtype(*compute) if compute else None)
 
     def check(self, out, runner):
         from yolo13_attn.testing import flash_rule

@@ -193,12 +193,13 @@ def run_scale_dtype(scale, dtype_name, base, ref64, layer_refs, x_check, backend
             if backend != "naive":
                 handle = yolo13_attn.patch(model, backend)
                 info["report"] = [vars(r) for r in handle.report()]
-                compute = {getattr(torch, r.compute_dtype, None) for r in handle.report()} - {None}
+                compute = C.report_compute_dtypes(handle)
             else:
                 info["report"] = [{"name": "(all attention layers)", "backend": "naive (unpatched)", "kernel": "reference"}]
                 compute = set()
-            compute_dtype = max(compute | {dtype}, key=lambda d: torch.finfo(d).eps)
-            base_dt = compute_dtype if torch.finfo(compute_dtype).eps > torch.finfo(dtype).eps else dtype
+            from yolo13_attn.testing import baseline_dtype
+
+            base_dt = baseline_dtype(dtype, *compute)
             info["check"] = check_model(model, dtype, ref64, layer_refs, x_check, baseline(base_dt))
             if not args.no_profile:
                 t0 = time.perf_counter()

@@ -7,6 +7,7 @@ import torch
 
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
 from yolo13_attn.backends.registry import PRIORITY
+from yolo13_attn.testing import baseline_dtype
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
@@ -29,11 +30,9 @@ def skip_unless_supported(op: str, backend: str, call: OpCall) -> None:
         pytest.skip(f"{backend} declares it cannot serve this call: {'; '.join(reasons)}")
 
 
-def baseline_dtype(op: str, backend: str, call: OpCall) -> torch.dtype:
-    """The plain-PyTorch baseline's dtype: the input dtype, or the backend's compute dtype where that
-    is less precise (flash computes fp32 layers in fp16)."""
-    declared = get_backend(op, backend).plan(call).compute_dtype
-    return declared if torch.finfo(declared).eps > torch.finfo(call.dtype).eps else call.dtype
+def backend_baseline_dtype(op: str, backend: str, call: OpCall) -> torch.dtype:
+    """The plain-PyTorch baseline's dtype for ``backend`` serving ``call`` (see ``testing.baseline_dtype``)."""
+    return baseline_dtype(call.dtype, get_backend(op, backend).plan(call).compute_dtype)
 
 
 def dtype_id(dtype: torch.dtype) -> str:

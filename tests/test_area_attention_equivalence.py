@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend_cases import AREA_BACKENDS, DEVICES, DTYPES, baseline_dtype, dtype_id, skip_unless_supported
+from backend_cases import AREA_BACKENDS, DEVICES, DTYPES, backend_baseline_dtype, dtype_id, skip_unless_supported
 from yolo13_attn import area_attention
 from yolo13_attn.backends import AREA, OpCall
 from yolo13_attn.backends import flash as flash_backend
@@ -50,7 +50,7 @@ def check_forward(backend, shape, dtype, device, channels_last=False):
     skip_unless_supported(AREA, backend, call)
     out = area_attention(q, k, v, area, backend=backend)
     ref64 = area_attention_reference(q.double(), k.double(), v.double(), area)
-    base_dtype = baseline_dtype(AREA, backend, call)
+    base_dtype = backend_baseline_dtype(AREA, backend, call)
     baseline = area_attention_reference(q.to(base_dtype), k.to(base_dtype), v.to(base_dtype), area)
     assert out.dtype == dtype and out.is_contiguous()
     assert_flash_rule(out, ref64, baseline, f"{backend} {shape} {dtype_id(dtype)}")
@@ -91,7 +91,7 @@ def test_area_equivalence_gradients(backend, shape, dtype, device):
         fn(*inputs).backward(grad_out.to(cast))
         return [t.grad for t in inputs]
 
-    base_dtype = baseline_dtype(AREA, backend, call)
+    base_dtype = backend_baseline_dtype(AREA, backend, call)
     got = grads(lambda q, k, v: area_attention(q, k, v, area, backend=backend), dtype)
     ref64 = grads(lambda q, k, v: area_attention_reference(q, k, v, area), torch.float64)
     baseline = grads(lambda q, k, v: area_attention_reference(q, k, v, area), base_dtype)

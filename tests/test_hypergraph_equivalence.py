@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend_cases import DEVICES, DTYPES, HYPERGRAPH_BACKENDS, baseline_dtype, dtype_id, skip_unless_supported
+from backend_cases import DEVICES, DTYPES, HYPERGRAPH_BACKENDS, backend_baseline_dtype, dtype_id, skip_unless_supported
 from yolo13_attn import BackendUnsupportedError, hypergraph_aggregate, hypergraph_scatter
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
 from yolo13_attn.ops.reference import hypergraph_aggregate_reference, hypergraph_scale, hypergraph_scatter_reference
@@ -55,7 +55,7 @@ def test_hypergraph_equivalence_forward(backend, b, n, d, m, dropout, device, dt
     skip_unless_supported(HYPERGRAPH, backend, call)
     scale = hypergraph_scale(d, heads_for(d))
     he, lse = hypergraph_aggregate(x, xp, prototypes, scale, mask, backend=backend)
-    base = baseline_dtype(HYPERGRAPH, backend, call)
+    base = backend_baseline_dtype(HYPERGRAPH, backend, call)
     as64 = [t.double() if t is not None else None for t in (x, xp, prototypes, mask)]
     asb = [t.to(base) if t is not None else None for t in (x, xp, prototypes, mask)]
     he64, lse64 = hypergraph_aggregate_reference(*as64[:3], scale, as64[3])
@@ -105,7 +105,7 @@ def test_hypergraph_equivalence_gradients(backend, b, n, d, m, device, dtype, dr
     def scattered(*args):
         return hypergraph_scatter(*args, backend=backend)
 
-    base = baseline_dtype(HYPERGRAPH, backend, call)
+    base = backend_baseline_dtype(HYPERGRAPH, backend, call)
     got = grads(fused, scattered, dtype)
     ref64 = grads(hypergraph_aggregate_reference, hypergraph_scatter_reference, torch.float64)
     baseline = grads(hypergraph_aggregate_reference, hypergraph_scatter_reference, base)

@@ -34,6 +34,12 @@ class ErrorReport:
         return self.candidate <= self.bound
 
 
+def baseline_dtype(dtype: torch.dtype, *compute_dtypes: torch.dtype) -> torch.dtype:
+    """The plain-PyTorch baseline's dtype: the input ``dtype``, or the least precise dtype a backend
+    computes in where that is less precise (flash computes fp32 layers in fp16)."""
+    return max((dtype, *compute_dtypes), key=lambda d: torch.finfo(d).eps)
+
+
 def max_abs_error(out: Tensor, ref: Tensor) -> float:
     """Max |out - ref| in float64; NaN anywhere (e.g. an unwritten poisoned element) gives inf."""
     diff = (out.double() - ref.double()).abs()
