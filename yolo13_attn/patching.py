@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -151,19 +151,22 @@ class PatchHandle:
         self.undo()
 
 
-def _repatch_trainer(spec: dict[str, str], trainer) -> None:
+Repatch = Callable[[nn.Module], int]
+
+
+def _repatch_trainer(repatch: Repatch, trainer) -> None:
     """Callback: patch the model the trainer built from the yaml, and its EMA copy."""
     model = getattr(trainer.model, "module", trainer.model)  # unwrap DDP
-    _patch_module(model, spec)
+    repatch(model)
     ema = getattr(trainer, "ema", None)
     if ema is not None and ema.ema is not model:
-        _patch_module(ema.ema, spec)
+        repatch(ema.ema)
 
 
-def _train_and_repatch(yolo, spec: dict[str, str], *args, **kwargs):
+def _train_and_repatch(yolo, repatch: Repatch, *args, **kwargs):
     """``YOLO.train`` reloads ``yolo.model`` from the best checkpoint when it ends: patch that too."""
     result = type(yolo).train(yolo, *args, **kwargs)
-    _patch_module(_root_module(yolo), spec)
+    repatch(_root_module(yolo))
     return result
 
 
@@ -190,15 +193,16 @@ def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool =
     if _patch_module(root, spec, check_finite) == 0:
         warnings.warn(f"yolo13_attn.patch: {type(root).__name__} has no attention layers to patch for ops {sorted(spec)}", stacklevel=2)
     if is_yolo(model):
-        _install_yolo_hooks(model, spec)
+        _install_yolo_hooks(model, functools.partial(_patch_module, spec=spec, check_finite=check_finite))
     return PatchHandle(model, spec)
 
 
-def _install_yolo_hooks(yolo, spec: dict[str, str]) -> None:
+def _install_yolo_hooks(yolo, repatch: Repatch) -> None:
+    """Models the YOLO object's trainer builds, and the one ``train()`` reloads, get the same patch."""
     _remove_yolo_hooks(yolo)
-    callback = functools.partial(_repatch_trainer, spec)
+    callback = functools.partial(_repatch_trainer, repatch)
     yolo.add_callback(TRAIN_EVENT, callback)
-    yolo.__dict__["train"] = functools.partial(_train_and_repatch, yolo, spec)
+    yolo.__dict__["train"] = functools.partial(_train_and_repatch, yolo, repatch)
     yolo.__dict__[YOLO_STATE_ATTR] = callback
 
 
