@@ -569,7 +569,7 @@ def report_compute_dtypes(handle) -> set[torch.dtype]:
     return {getattr(torch, r.compute_dtype, None) for r in handle.report()} - {None}
 
 
-def add_run_arguments(p) -> None:
+def _add_run_arguments(p) -> None:
     """The flags both scripts share: where results go, budgets, CPU smoke-mode threads, replotting."""
     p.add_argument("--cpu", action="store_true", help="force the CPU smoke mode even with a GPU")
     p.add_argument("--out", type=Path, help="results folder (default bench/results/<gpu>-<date>/ or bench/results/cpu/)")
@@ -580,16 +580,19 @@ def add_run_arguments(p) -> None:
     p.add_argument("--verbose", action="store_true")
 
 
-def start_run(args, replot: Callable[[Path], object]) -> tuple[bool, str] | None:
-    """Handle ``--replot`` (returns None: nothing more to do) or pick the mode: ``(cpu_mode, device)``.
+def start_run(parser, argv, replot: Callable[[Path], object]) -> tuple[object, tuple[bool, str] | None]:
+    """Add the shared flags, parse ``argv``, then handle ``--replot`` (mode None: nothing more to do)
+    or pick the mode ``(cpu_mode, device)``.
 
     The CPU smoke mode uses ``--threads`` torch threads (default one: no OpenMP barriers stalling
     on a shared, preempted CPU).
     """
+    _add_run_arguments(parser)
+    args = parser.parse_args(argv)
     if args.replot:
         replot(args.replot)
-        return None
+        return args, None
     cpu_mode = args.cpu or not has_gpu()
     if cpu_mode:
         torch.set_num_threads(args.threads)
-    return cpu_mode, "cpu" if cpu_mode else "cuda"
+    return args, (cpu_mode, "cpu" if cpu_mode else "cuda")

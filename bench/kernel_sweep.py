@@ -730,7 +730,7 @@ def replot(out_dir: Path) -> None:
 # ---- main --------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", help=f"comma list of {','.join(OPS)}")
     p.add_argument("--backends", help="comma list (default: every available backend)")
@@ -743,13 +743,11 @@ def parse_args(argv=None):
     p.add_argument("--no-graph", action="store_true", help="time with triton.testing.do_bench instead of CUDA graphs")
     p.add_argument("--samples", type=int, default=15, help="timing samples per configuration (GPU)")
     p.add_argument("--cpu-time-per-config", type=float, default=0.15, help="seconds of timing per configuration on CPU")
-    C.add_run_arguments(p)
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    mode = C.start_run(args, replot)
+    args, mode = C.start_run(build_parser(), argv, replot)
     if mode is None:
         return 0
     cpu_mode, device = mode

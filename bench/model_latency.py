@@ -482,7 +482,7 @@ def replot(out_dir: Path) -> None:
     print(f"re-rendered {', '.join(write_outputs(data, out_dir))} in {out_dir}")
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scales", help="comma list of n,s,l,x")
     p.add_argument("--batches", help="comma list, default 1,8,16")
@@ -493,13 +493,11 @@ def parse_args(argv=None):
     p.add_argument("--eager-budget-s", type=float, default=1.0, help="seconds of eager timing per configuration")
     p.add_argument("--samples", type=int, default=10, help="CUDA-graph timing samples")
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer kernel listing")
-    C.add_run_arguments(p)
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    mode = C.start_run(args, replot)
+    args, mode = C.start_run(build_parser(), argv, replot)
     if mode is None:
         return 0
     cpu_mode, device = mode
