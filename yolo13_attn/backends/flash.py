@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..ops.reference import from_area_tokens, hyperedge_logits, to_area_tokens
+from ..ops.reference import contiguous_as, from_area_tokens, hyperedge_logits, to_area_tokens
 from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
 from .naive import NaiveHypergraph
 from .registry import register
@@ -37,9 +37,10 @@ def flash_attn_func() -> Callable[..., object]:
     return func
 
 
-def flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """FA2 on ``(batch, seq, heads, head_dim)`` half tensors -> ``(out like q, lse (batch, heads, seq_q) fp32)``."""
-    q, k, v = (t.contiguous() for t in (q, k, v))
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """FA2 on ``(batch, seq, heads, head_dim)`` tensors, computed in the half ``dtype`` (cast and made
+    contiguous in one copy) -> ``(out (batch, seq_q, heads, head_dim) in dtype, lse (batch, heads, seq_q) fp32)``."""
+    q, k, v = (contiguous_as(t, dtype) for t in (q, k, v))
     if FLASH_ATTN_INSTALLED:
         out, lse, _ = flash_attn_func()(q, k, v, softmax_scale=scale, return_attn_probs=True)
         return out, lse
@@ -92,9 +93,9 @@ class FlashAreaAttention(_FlashDeclaration, AreaAttentionBackend):
     def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
         b, dtype = q.shape[0], cls.compute_dtype(q.dtype)
         # (B, area, h, n, d) -> (B*area, n, h, d): the layout flash_attn_func takes
-        qt, kt, vt = (to_area_tokens(t.to(dtype), area).flatten(0, 1).transpose(1, 2) for t in (q, k, v))
-        out, _ = flash_attention(qt, kt, vt, scale)
-        return from_area_tokens(out.transpose(1, 2).unflatten(0, (b, area))).to(q.dtype)
+        qt, kt, vt = (to_area_tokens(t, area).flatten(0, 1).transpose(1, 2) for t in (q, k, v))
+        out, _ = flash_attention(qt, kt, vt, scale, dtype)
+        return from_area_tokens(out.transpose(1, 2).unflatten(0, (b, area)), q.dtype)
 
 
 @register
@@ -109,7 +110,7 @@ class FlashHypergraph(_FlashDeclaration, HypergraphBackend):
     @classmethod
     def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
         dtype = cls.compute_dtype(x.dtype)
-        he, lse = flash_attention(*(t.to(dtype).unsqueeze(2) for t in (prototypes, xp, x)), scale)
+        he, lse = flash_attention(*(t.unsqueeze(2) for t in (prototypes, xp, x)), scale, dtype)
         if torch.is_grad_enabled() and (xp.requires_grad or prototypes.requires_grad):
             # FA2 returns lse without a gradient; the scatter needs one, so recompute it differentiably
             lse = torch.logsumexp(hyperedge_logits(xp, prototypes, scale).float(), dim=1)

@@ -39,9 +39,18 @@ def to_area_tokens(t: Tensor, area: int) -> Tensor:
     return rearrange(t, "b h d (a n) -> b a h n d", a=area)
 
 
-def from_area_tokens(t: Tensor) -> Tensor:
-    """``(B, area, h, n, d)`` -> ``(B, h, d, area * n)``, contiguous: the inverse of :func:`to_area_tokens`."""
-    return rearrange(t, "b a h n d -> b h d (a n)").contiguous()
+def from_area_tokens(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``(B, area, h, n, d)`` -> ``(B, h, d, area * n)``, contiguous (cast to ``dtype`` in the same
+    copy): the inverse of :func:`to_area_tokens`."""
+    return contiguous_as(rearrange(t, "b a h n d -> b h d (a n)"), dtype or t.dtype)
+
+
+def contiguous_as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` as a contiguous tensor of ``dtype`` with at most one copy (``.to(dtype).contiguous()``
+    copies twice when ``t`` is a permuted view and the dtype changes)."""
+    if t.dtype == dtype:
+        return t.contiguous()
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
 
 
 def area_attention_reference(
