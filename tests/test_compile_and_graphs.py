@@ -1,4 +1,4 @@
-"""Patched models compose with torch.compile (no graph breaks) and CUDA-graph capture (issue 5)."""
+"""Patched models compose with torch.compile (one graph, the backend's ops in it) and CUDA-graph capture."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from ultralytics import YOLO
 
 import yolo13_attn
 from backend_cases import AREA_BACKENDS, HYPERGRAPH_BACKENDS
-from yolo13_attn.nn import AAttn, AdaHGComputation
+from yolo13_attn.binding import exporting
+from yolo13_attn.nn import AAttn, AdaHGComputation, YOLOv13Detect
+from yolo13_attn.nn.head import grid_anchors
 from yolo13_attn.testing import calibrate_batchnorm, randomize_weights
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and GPU kernels need a CUDA GPU")
@@ -85,3 +87,124 @@ def test_torch_compile_inductor_whole_model_matches_eager(backend):
 
     plain, patched = drift(patched_yolov13n(None, torch.float32)), drift(patched_yolov13n(backend, torch.float32))
     assert patched <= 2 * plain + 1e-2, f"compiled {backend} drifts {patched:.3g} from eager; unpatched drifts {plain:.3g}"
+
+
+# ---- compile vs export (CPU, every torch) -------------------------------------------------------
+
+
+def traced_graphs(fn, *args, **compile_kwargs) -> tuple[list[torch.fx.GraphModule], object]:
+    """Compile ``fn`` with fullgraph=True (any graph break raises) and a backend that records the graphs."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm, _example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=record, fullgraph=True, **compile_kwargs)(*args)
+    return graphs, out
+
+
+def called(graphs: list[torch.fx.GraphModule]) -> set[str]:
+    return {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+
+
+def test_exporting_is_false_under_torch_compile():
+    """torch.compiler.is_exporting() is folded to True by dynamo on torch 2.6-2.13; exporting() is not."""
+    graphs, out = traced_graphs(lambda x: x + 1 if exporting() else x - 1, torch.zeros(2))
+    assert out.tolist() == [-1.0, -1.0] and len(graphs) == 1
+
+
+def test_exporting_is_true_under_torch_export_and_jit_trace():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(exporting())
+            return x * 2
+
+    torch.export.export(Probe(), (torch.ones(2),))
+    assert seen and all(seen)
+    seen.clear()
+    torch.jit.trace(Probe(), torch.ones(2), check_trace=False)
+    assert seen == [True] and not exporting()
+
+
+def test_torch_export_of_a_patched_layer_records_the_reference():
+    layer = randomize_weights(AAttn(64, 2, area=2)).eval()
+    yolo13_attn.patch(layer, "sdpa")
+    program = torch.export.export(layer, (torch.rand(1, 64, 4, 6),))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("scaled_dot_product" in op or "yolo13_attn" in op for op in ops)
+    assert any("softmax" in op for op in ops)
+
+
+# ---- one graph for the whole model, the backend's ops inside it (CPU) -----------------------------
+
+#: what each backend leaves in the dynamo graph on the CPU (triton runs in the Triton interpreter there)
+BACKEND_OPS = {
+    "naive": (),
+    "sdpa": ("scaled_dot_product_attention",),
+    "triton": ("yolo13_attn.triton_area_attention", "yolo13_attn.triton_hypergraph_aggregate"),
+}
+CPU_COMPILE_BACKENDS = [b for b in BACKEND_OPS if b == "naive" or b in AREA_BACKENDS]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU graphs; the GPU test profiles the compiled model instead")
+@pytest.mark.parametrize("mode", ["eval", "eval_grad", "train"])
+@pytest.mark.parametrize("backend", [None, *CPU_COMPILE_BACKENDS])
+def test_yolov13n_compiles_to_one_graph_with_the_backends_ops(backend, mode):
+    model = randomize_weights(YOLO("yolov13n.yaml").model, seed=5)
+    if backend is not None:
+        yolo13_attn.patch(model, backend)
+    model.train(mode == "train")
+    x = torch.rand(1, 3, 64, 96)
+    with torch.set_grad_enabled(mode != "eval"):
+        graphs, out = traced_graphs(model, x)  # cold start: no eager call before
+    ops = called(graphs)
+    assert len(graphs) == 1
+    expected = BACKEND_OPS[backend or "naive"]
+    assert all(any(name in op for op in ops) for name in expected), f"{expected} not in the graph: {sorted(ops)}"
+    assert not any("yolo13_attn" in op for op in ops) or backend == "triton"
+    if mode == "eval":
+        with torch.no_grad():
+            torch.testing.assert_close(out[0], model(x)[0], rtol=1e-4, atol=1e-3)
+
+
+def test_compiled_model_follows_repatching():
+    """Re-patching changes what the compiled model runs (dynamo guards on the patch state)."""
+    model = randomize_weights(YOLO("yolov13n.yaml").model, seed=5).eval()
+    graphs: list = []
+    compiled = torch.compile(model, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)
+    torch._dynamo.reset()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        handle = yolo13_attn.patch(model, "sdpa")
+        compiled(x)
+        handle.undo()
+        compiled(x)
+    assert any("scaled_dot_product" in op for op in called(graphs[:1]))
+    assert not any("scaled_dot_product" in op for op in called(graphs[1:])) and len(graphs) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_grid_anchors_equal_ultralytics_make_anchors(dtype):
+    from ultralytics.utils.tal import make_anchors
+
+    feats = [torch.rand(2, 3, h, w, dtype=dtype) for h, w in ((80, 60), (40, 30), (20, 15))]
+    strides = torch.tensor([8.0, 16.0, 32.0])
+    anchors, scales = grid_anchors(feats, strides)
+    expected_anchors, expected_scales = make_anchors(feats, strides, 0.5)
+    assert torch.equal(anchors, expected_anchors.transpose(0, 1)) and torch.equal(scales, expected_scales.transpose(0, 1))
+
+
+def test_only_yolov13_models_get_the_traceable_head(tmp_path):
+    """YOLOv13 (built or loaded) has YOLOv13Detect, saved as stock Detect; YOLO11 keeps stock Detect."""
+    from ultralytics.nn.modules.head import Detect
+
+    yolo = YOLO("yolov13n.yaml")
+    assert type(yolo.model.model[-1]) is YOLOv13Detect
+    yolo.save(tmp_path / "m.pt")
+    assert type(YOLO(str(tmp_path / "m.pt")).model.model[-1]) is YOLOv13Detect
+    assert type(copy.deepcopy(yolo.model).model[-1]) is YOLOv13Detect
+    assert type(YOLO("yolo11n.yaml").model.model[-1]) is Detect

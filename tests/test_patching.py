@@ -134,14 +134,13 @@ def test_model_without_attention_layers_warns():
         patch(nn.Sequential(nn.Conv2d(3, 3, 1)), "sdpa")
 
 
-def test_auto_logs_its_choice_once(yolo, caplog):
-    with caplog.at_level(logging.INFO, logger="yolo13_attn"):
-        patch(yolo, "auto")
-        with torch.no_grad():
-            yolo.model(torch.rand(1, 3, 64, 64))
-            yolo.model(torch.rand(1, 3, 64, 64))
-    lines = [r.getMessage() for r in caplog.records if "yolo13_attn auto" in r.getMessage()]
-    assert len(lines) == 2 and any("area" in line for line in lines) and any("hypergraph" in line for line in lines)
+def test_auto_says_its_choice_in_one_line_per_model_without_logging_setup(yolo, capfd):
+    patch(yolo, "auto")
+    with torch.no_grad():
+        yolo.model(torch.rand(1, 3, 64, 64))
+        yolo.model(torch.rand(1, 3, 64, 64))
+    lines = [line for line in capfd.readouterr().err.splitlines() if "auto patched" in line]
+    assert len(lines) == 1 and "area x8 -> " in lines[0] and "hypergraph x2 -> " in lines[0]
 
 
 def test_environment_variable_sets_the_default(monkeypatch, yolo):
@@ -209,8 +208,9 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 @pytest.mark.slow
-def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path):
-    """YOLO.train() rebuilds the model from its yaml (and reloads the best checkpoint): both patched."""
+def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path, monkeypatch):
+    """YOLO.train() rebuilds the model from its yaml, validates its EMA, validates best.pt at the end and
+    reloads it: every one of those runs the patches in force (two partial specs, composed)."""
     import cv2
     import numpy as np
 
@@ -231,11 +231,17 @@ def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path):
         model = trainer.model
         seen.append({m.binding.requested for _, m in yolo13_attn.attention_layers(model)})
 
-    patch(yolo, "sdpa")
+    patch(yolo, {"area": "sdpa"})
+    patch(yolo, {"hypergraph": "sdpa"})
     yolo.add_callback("on_train_batch_end", check)
+    naive_calls = [count_calls(monkeypatch, "area", "naive"), count_calls(monkeypatch, "hypergraph", "naive")]
+    sdpa_calls = count_calls(monkeypatch, "area", "sdpa")
+    # building a model runs one unpatched forward (the stride probe) before the trainer moves it: not counted
+    yolo.add_callback("on_train_start", lambda trainer: [calls.clear() for calls in naive_calls])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yolo.train(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, amp=False,
                    project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False)
     assert seen and all(s == {"sdpa"} for s in seen)
-    assert {r.requested for r in yolo13_attn.PatchHandle(yolo, {}).report()} == {"sdpa"}
+    assert sdpa_calls and naive_calls == [[], []]  # the final validation of best.pt ran the patch too
+    assert {r.requested for r in yolo13_attn.patching.report(yolo)} == {"sdpa"}

@@ -5,6 +5,9 @@
 attention layers for a backend (``naive``, ``sdpa``, ``flash``, ``triton``, ``cuda`` or ``auto``).
 """
 
+import logging
+import sys
+
 from .backends import BackendUnsupportedError, available_backends
 from .integration import install as _install_into_ultralytics
 from .ops import area_attention, hypergraph_aggregate, hypergraph_scatter
@@ -14,6 +17,32 @@ from .profiling import format_kernels_by_layer, kernels_by_layer
 __version__ = "0.1.0"
 
 _install_into_ultralytics()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (redirections are honoured)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _default_logging() -> None:
+    """``auto``'s one line per patched model reaches stderr unless the application configured the logger."""
+    logger = logging.getLogger("yolo13_attn")
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+_default_logging()
 
 __all__ = [
     "BackendUnsupportedError",

@@ -16,8 +16,8 @@ import ultralytics.nn.modules.block as ul_block
 from torch import Tensor, nn
 
 from . import nn as v13
-from .backends.base import AREA, HYPERGRAPH, OpCall
-from .binding import Binding
+from .backends.base import AREA, HYPERGRAPH
+from .binding import Binding, area_call_key, hypergraph_call_key
 from .integration.checkpoints import pickled_class, reduce_as
 from .nn.area_attention import heads_view
 from .ops.area_attention import area_attention
@@ -39,18 +39,25 @@ def yolo12_aattn_forward(self: ul_block.AAttn, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class LayerKind:
-    """A patchable layer class: its op, its attention head width, and extra overrides."""
+    """A patchable layer class: its op, its attention head width, whether it drops logits out in
+    training, and extra overrides."""
 
     op: str
     cls: type[nn.Module]
     head_dim: Callable[[Any], int]
     overrides: dict[str, Any] = field(default_factory=dict)
+    logit_dropout: Callable[[Any], bool] = lambda layer: False
 
 
 LAYER_KINDS: tuple[LayerKind, ...] = (
     LayerKind(AREA, v13.AAttn, lambda m: m.head_dim),
     LayerKind(AREA, ul_block.AAttn, lambda m: m.head_dim, {"forward": yolo12_aattn_forward}),
-    LayerKind(HYPERGRAPH, v13.AdaHGConv, lambda m: m.edge_generator.prototype_base.shape[1]),
+    LayerKind(
+        HYPERGRAPH,
+        v13.AdaHGConv,
+        lambda m: m.edge_generator.prototype_base.shape[1],
+        logit_dropout=lambda m: m.edge_generator.dropout.p > 0,
+    ),
 )
 
 
@@ -69,12 +76,12 @@ class PatchedLayer:
     def area_backend(self, q: Tensor, k: Tensor, v: Tensor):
         if self.binding.check_finite:
             check_finite(self.binding.name, q=q, k=k, v=v)
-        return self.binding.backend_for(OpCall.for_area(q, k, v))
+        return self.binding.backend_for(area_call_key(q, k, v))
 
     def hypergraph_backend(self, x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None):
         if self.binding.check_finite:
             check_finite(self.binding.name, x=x, xp=xp, prototypes=prototypes)
-        return self.binding.backend_for(OpCall.for_hypergraph(x, xp, prototypes, dropout_mask))
+        return self.binding.backend_for(hypergraph_call_key(x, xp, prototypes, dropout_mask))
 
     def unpatched_twin(self) -> nn.Module:
         """A shallow copy of this layer as its original class, without the binding."""

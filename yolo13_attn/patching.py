@@ -1,32 +1,58 @@
-"""``patch()`` / ``unpatch()``: per-model, reversible backend swaps for the attention layers.
+"""``patch()`` / ``unpatch()``: per-model, atomic, reversible backend swaps for the attention layers.
 
 Works on an Ultralytics ``YOLO`` object, a ``DetectionModel`` or any ``nn.Module`` holding YOLOv13
-``AAttn``/``AdaHGConv`` layers or stock (YOLO12) ``AAttn`` layers. Each layer gets its own
-:class:`~yolo13_attn.binding.Binding`, so two models patched differently coexist.
+``AAttn``/``AdaHGConv`` layers or stock (YOLO12) ``AAttn`` layers.
+
+Semantics (README, "Patch semantics"):
+
+* **Atomic.** Every choice is planned before any layer changes; a refused patch leaves the model as it was.
+* **A stack per model.** Each ``patch()`` pushes an entry; for each op the newest entry naming it
+  decides. ``handle.undo()`` removes that handle's entry only, so nested patches, partial specs
+  (``{"area": ...}``) and ``with patch(...)`` compose. ``unpatch(model)`` clears the stack.
+* **Copies follow.** Deep copies (Ultralytics' predictor and EMA) share the model's patch state, so
+  they run the patch in force when they run; models a YOLO object's trainer builds or loads
+  (the trainer's model, EMA, the final validation of ``best.pt``, the reloaded best model) are
+  bound to the same state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from .backends.base import OPS, OpCall
-from .backends.registry import default_backend, validate_name
-from .binding import Binding
+from .backends.base import OPS
+from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_name
+from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, machine_devices
 from .layer_kinds import BINDING_ATTR, LayerKind, bind, kind_of, unbind
 
+LOGGER = logging.getLogger("yolo13_attn")
 BackendSpec = str | Mapping[str, str] | None
 YOLO_STATE_ATTR = "_yolo13_patch"
 TRAIN_EVENT = "on_pretrain_routine_end"
 
+#: root module -> its patch state (weak: a model that goes away takes its state along)
+_STATES: weakref.WeakKeyDictionary[nn.Module, PatchState] = weakref.WeakKeyDictionary()
+#: set while a trainer validates a checkpoint it saved: models unpickled meanwhile get this state
+_LOADING_FOR: ContextVar[PatchState | None] = ContextVar("yolo13_attn_loading_for", default=None)
+
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One patched layer: what was asked for, what serves it, in which dtype, and why."""
+    """One layer: what was asked for (and where that came from), what serves it, in which dtype, why.
+
+    ``backend``/``kernel``/``compute_dtype`` describe an inference call on the layer's current device
+    and dtype; ``train_backend`` the same call with autograd (and logit dropout) in training;
+    ``compiled_backend`` the inference call traced by ``torch.compile``.
+    """
 
     name: str
     op: str
@@ -36,32 +62,40 @@ class LayerReport:
     compute_dtype: str
     why: str
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    source: str = "-"
+    train_backend: str = "-"
+    compiled_backend: str = "-"
 
 
-def _resolve_spec(backend: BackendSpec) -> dict[str, str]:
-    """``"flash"`` -> every op on flash; ``{"area": "flash"}`` -> only the ops named; None -> env default."""
+def _resolve_spec(backend: BackendSpec) -> dict[str, tuple[str, str]]:
+    """``{op: (backend name, where it came from)}``: a name applies to every op, a dict to the ops it
+    names, None to every op with ``$YOLO13_ATTN_BACKEND`` (or ``auto``)."""
     if backend is None:
-        backend = default_backend()
-    if isinstance(backend, str):
-        return {op: validate_name(backend.lower()) for op in OPS}
-    unknown = set(backend) - set(OPS)
-    if unknown:
-        raise ValueError(f"unknown op(s) {sorted(unknown)} in backend dict; ops are {list(OPS)}")
-    return {op: validate_name(name.lower()) for op, name in backend.items()}
-
-
-def _root_module(target: nn.Module) -> nn.Module:
-    """The nn.Module holding the layers: ``YOLO.model`` for an Ultralytics YOLO object."""
-    inner = getattr(target, "model", None) if is_yolo(target) else target
-    if not isinstance(inner, nn.Module):
-        raise TypeError(f"cannot patch {type(target).__name__}: its model is {type(inner).__name__}, not a PyTorch module (exported formats cannot be patched)")
-    return inner
+        source = f"${DEFAULT_BACKEND_ENV}" if os.environ.get(DEFAULT_BACKEND_ENV, "").strip() else "default"
+        return dict.fromkeys(OPS, (default_backend(), source))
+    if isinstance(backend, Mapping):
+        unknown = [op for op in backend if op not in OPS]
+        if unknown:
+            raise ValueError(f"patch(): unknown op(s) {unknown} in the backend dict; ops are {list(OPS)}")
+        return {op: (validate_name(name, source=f"backend[{op!r}]"), "argument") for op, name in backend.items()}
+    return dict.fromkeys(OPS, (validate_name(backend, source="backend"), "argument"))
 
 
 def is_yolo(target: object) -> bool:
     from ultralytics.engine.model import Model
 
     return isinstance(target, Model)
+
+
+def _root_module(target: nn.Module) -> nn.Module:
+    """The nn.Module holding the layers: ``YOLO.model`` for an Ultralytics YOLO object."""
+    inner = getattr(target, "model", None) if is_yolo(target) else target
+    if not isinstance(inner, nn.Module):
+        raise TypeError(
+            f"cannot patch {type(target).__name__}: its model is {type(inner).__name__}, not a PyTorch module "
+            "(exported formats cannot be patched)"
+        )
+    return inner
 
 
 def _patchable(root: nn.Module) -> Iterator[tuple[str, nn.Module, LayerKind]]:
@@ -76,73 +110,122 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, layer) for name, layer, _ in _patchable(_root_module(model))]
 
 
-def _planning_call(layer: nn.Module, kind: LayerKind) -> OpCall:
-    """The call an eval-mode forward of ``layer`` will make, from its parameters (device, dtype)."""
+def _layer_key(layer: nn.Module, kind: LayerKind, training: bool = False, compiling: bool = False) -> tuple:
+    """The call key of ``layer`` on its current device and dtype (inference, or a training call)."""
     param = next(layer.parameters())
-    return OpCall(kind.op, param.device, param.dtype, kind.head_dim(layer))
+    device = param.device.type if param.device.index is None else str(param.device)
+    return (device, param.dtype, kind.head_dim(layer), training, training and kind.logit_dropout(layer), compiling)
 
 
-def _patch_module(root: nn.Module, spec: dict[str, str], check_finite: bool = False) -> int:
-    """Bind every patchable layer of ``root`` whose op is in ``spec``; check each plan now."""
-    seen: set = set()
+def _plan_entry(spec: dict[str, tuple[str, str]], layers: list, check_finite: bool) -> PatchEntry:
+    """Plan every call the layers can make on this machine; raise if a layer can run nowhere."""
+    plans = {op: OpPlan(op, name, source) for op, (name, source) in spec.items()}
+    devices = machine_devices()
+    for op, plan in plans.items():
+        plan.plan_ahead({kind.head_dim(layer) for _, layer, kind in layers if kind.op == op}, devices)
+    for name, layer, kind in layers:
+        key = _layer_key(layer, kind)
+        plan = plans[kind.op]
+        if not any(plan.plan((device, *key[1:])).backend for device in devices):
+            raise BackendUnsupportedError(f"{name}: {plan.plan(key).error}")
+    return PatchEntry(plans, check_finite)
+
+
+def _state_for(root: nn.Module) -> PatchState:
+    """``root``'s patch state; a copy of a patched model gets its own, starting from the original's stack."""
+    state = _STATES.get(root)
+    if state is None:
+        inherited = next((m.__dict__[BINDING_ATTR].state for m in root.modules() if BINDING_ATTR in m.__dict__), None)
+        state = _STATES[root] = inherited.copy() if inherited is not None else PatchState()
+    return state
+
+
+def bind_model(root: nn.Module, state: PatchState) -> int:
+    """Make ``root``'s layers follow ``state``: bind those whose op a patch names, restore the rest."""
+    _STATES[root] = state
     count = 0
     for name, layer, kind in list(_patchable(root)):
-        if kind.op not in spec:
-            continue
-        binding = Binding(name, kind.op, spec[kind.op], seen, check_finite)
-        binding.choose(_planning_call(layer, kind))  # raises now if an explicit backend cannot serve it
-        unbind(layer)
-        bind(layer, kind, binding)
-        count += 1
+        if kind.op in state.active:
+            bind(layer, kind, Binding(name, kind.op, state))
+            count += 1
+        else:
+            unbind(layer)
     return count
 
 
-def _unpatch_module(root: nn.Module) -> int:
-    return sum(unbind(m) for m in list(root.modules()))
+def _choice_row(name: str, kind: LayerKind, layer: nn.Module, binding: Binding | None) -> LayerReport:
+    plan = None if binding is None else binding.plan()
+    if plan is None:
+        return LayerReport(name, kind.op, "-", "naive (unpatched)", "reference", "-", "op not patched")
+    choice: Choice = plan.plan(_layer_key(layer, kind))
+    train, compiled = (plan.plan(_layer_key(layer, kind, **flag)) for flag in ({"training": True}, {"compiling": True}))
+    train_backend, compiled_backend = (c.backend.name if c.backend else "none: " + c.error for c in (train, compiled))
+    if choice.backend is None:
+        return LayerReport(
+            name, kind.op, plan.requested, "-", "-", "-", choice.error, {}, plan.source, train_backend, compiled_backend
+        )
+    return LayerReport(
+        name,
+        kind.op,
+        plan.requested,
+        choice.backend.name,
+        choice.plan.kernel + (f" [{choice.plan.note}]" if choice.plan.note else ""),
+        str(choice.plan.compute_dtype).removeprefix("torch."),
+        choice.why(plan.requested, plan.source),
+        choice.skipped,
+        plan.source,
+        train_backend,
+        compiled_backend,
+    )
+
+
+def report(model: nn.Module) -> list[LayerReport]:
+    """One :class:`LayerReport` per attention layer of ``model`` (YOLO object or module)."""
+    return [
+        _choice_row(name, kind, layer, layer.__dict__.get(BINDING_ATTR))
+        for name, layer, kind in _patchable(_root_module(model))
+    ]
+
+
+def format_report(rows: list[LayerReport]) -> str:
+    """The per-layer table, then each reason ``auto`` skipped a backend, once."""
+    header = ("layer", "op", "requested", "backend", "kernel", "compute dtype", "training", "compiled", "why")
+    table = [header] + [
+        (r.name, r.op, r.requested, r.backend, r.kernel, r.compute_dtype, r.train_backend, r.compiled_backend, r.why)
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    reasons = {(r.op, name, "; ".join(why)) for r in rows for name, why in r.skipped.items()}
+    lines += [f"  {op}/{name} skipped: {why}" for op, name, why in sorted(reasons)]
+    return "\n".join(lines)
 
 
 class PatchHandle:
-    """Returned by :func:`patch`: reports per layer, ``undo()``, and a context-manager form."""
+    """Returned by :func:`patch`: ``report()``, ``undo()`` of this patch only, and a context-manager form."""
 
-    def __init__(self, target: nn.Module, spec: dict[str, str]):
+    def __init__(self, target: nn.Module, state: PatchState | None, entry: PatchEntry | None):
         self.target = target
-        self.spec = spec
+        self.state = state
+        self.entry = entry
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`undo` (or ``unpatch``) removed this patch."""
+        return self.state is not None and self.entry in self.state.entries
 
     def report(self) -> list[LayerReport]:
-        rows = []
-        for name, layer, kind in _patchable(_root_module(self.target)):
-            binding: Binding | None = layer.__dict__.get(BINDING_ATTR)
-            if binding is None:
-                rows.append(LayerReport(name, kind.op, "-", "naive (unpatched)", "reference", "-", "op not patched"))
-                continue
-            choice = binding.last
-            rows.append(
-                LayerReport(
-                    name,
-                    kind.op,
-                    binding.requested,
-                    choice.backend.name,
-                    choice.plan.kernel + (f" [{choice.plan.note}]" if choice.plan.note else ""),
-                    str(choice.plan.compute_dtype).removeprefix("torch."),
-                    choice.why(binding.requested),
-                    choice.skipped,
-                )
-            )
-        return rows
+        return report(self.target)
 
     def __str__(self) -> str:
-        """The per-layer table, then each reason ``auto`` skipped a backend, once."""
-        report = self.report()
-        header = ("layer", "op", "requested", "backend", "kernel", "compute dtype", "why")
-        rows = [header] + [(r.name, r.op, r.requested, r.backend, r.kernel, r.compute_dtype, r.why) for r in report]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        reasons = {(r.op, name, "; ".join(why)) for r in report for name, why in r.skipped.items()}
-        lines += [f"  {op}/{name} skipped: {why}" for op, name, why in sorted(reasons)]
-        return "\n".join(lines)
+        return format_report(self.report())
 
     def undo(self) -> None:
-        unpatch(self.target)
+        """Remove this patch; the layers return to what the patches beneath it (or none) say."""
+        if not self.active:
+            return
+        self.state.remove(self.entry)
+        _apply(self.target, self.state)
 
     def __enter__(self) -> PatchHandle:
         return self
@@ -151,23 +234,15 @@ class PatchHandle:
         self.undo()
 
 
-Repatch = Callable[[nn.Module], int]
-
-
-def _repatch_trainer(repatch: Repatch, trainer) -> None:
-    """Callback: patch the model the trainer built from the yaml, and its EMA copy."""
-    model = getattr(trainer.model, "module", trainer.model)  # unwrap DDP
-    repatch(model)
-    ema = getattr(trainer, "ema", None)
-    if ema is not None and ema.ema is not model:
-        repatch(ema.ema)
-
-
-def _train_and_repatch(yolo, repatch: Repatch, *args, **kwargs):
-    """``YOLO.train`` reloads ``yolo.model`` from the best checkpoint when it ends: patch that too."""
-    result = type(yolo).train(yolo, *args, **kwargs)
-    repatch(_root_module(yolo))
-    return result
+def _apply(target: nn.Module, state: PatchState) -> int:
+    """Bind ``target``'s model to ``state``; keep a YOLO object's hooks and predictor in step."""
+    count = bind_model(_root_module(target), state)
+    if is_yolo(target):
+        _remove_yolo_hooks(target)
+        if state.entries:
+            _install_yolo_hooks(target, state)
+        target.predictor = None  # the predictor holds a copy made before this change: rebuild it
+    return count
 
 
 def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool = False) -> PatchHandle:
@@ -177,7 +252,7 @@ def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool =
         model: an Ultralytics ``YOLO`` object, a ``DetectionModel`` or any module holding YOLOv13
             ``AAttn``/``AdaHGConv`` or stock YOLO12 ``AAttn`` layers.
         backend: ``"auto"``, ``"naive"``, ``"sdpa"``, ``"flash"``, ``"triton"``, ``"cuda"``, a dict per op
-            (``{"area": "flash", "hypergraph": "sdpa"}``; ops not named stay unpatched), or None for
+            (``{"area": "flash", "hypergraph": "sdpa"}``; ops not named keep what they had), or None for
             ``$YOLO13_ATTN_BACKEND`` (default ``auto``).
         check_finite: raise ValueError naming the layer when an attention input holds NaN/inf.
             Costs a host sync per layer call (breaks CUDA-graph capture): for debugging.
@@ -186,23 +261,113 @@ def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool =
         A :class:`PatchHandle` (``print(handle)`` shows the per-layer table; ``handle.undo()``).
 
     Raises:
-        BackendUnsupportedError: an explicitly named backend cannot serve a layer (all reasons given).
+        BackendUnsupportedError: a named backend cannot serve a layer on any device of this machine
+            (all reasons given); the model is left as it was.
+        TypeError, ValueError: ``backend`` is not a backend name, a dict of them, or None.
     """
     spec = _resolve_spec(backend)
     root = _root_module(model)
-    if _patch_module(root, spec, check_finite) == 0:
-        warnings.warn(f"yolo13_attn.patch: {type(root).__name__} has no attention layers to patch for ops {sorted(spec)}", stacklevel=2)
-    if is_yolo(model):
-        _install_yolo_hooks(model, functools.partial(_patch_module, spec=spec, check_finite=check_finite))
-    return PatchHandle(model, spec)
+    layers = [item for item in _patchable(root) if item[2].op in spec]
+    if not layers:
+        warnings.warn(
+            f"yolo13_attn.patch: {type(root).__name__} has no attention layers to patch for ops {sorted(spec)}",
+            stacklevel=2,
+        )
+        return PatchHandle(model, None, None)
+    entry = _plan_entry(spec, layers, check_finite)
+    state = _state_for(root)
+    state.push(entry)
+    _apply(model, state)
+    _announce(type(root).__name__, entry, layers)
+    return PatchHandle(model, state, entry)
 
 
-def _install_yolo_hooks(yolo, repatch: Repatch) -> None:
-    """Models the YOLO object's trainer builds, and the one ``train()`` reloads, get the same patch."""
-    _remove_yolo_hooks(yolo)
-    callback = functools.partial(_repatch_trainer, repatch)
+def _announce(model_name: str, entry: PatchEntry, layers: list) -> None:
+    """One log line per patched model saying what ``auto`` chose for its inference and training calls."""
+    parts = []
+    for op, plan in entry.plans.items():
+        op_layers = [(layer, kind) for _, layer, kind in layers if kind.op == op]
+        if plan.requested != AUTO or not op_layers:
+            continue
+        layer, kind = op_layers[0]
+        infer, train = plan.plan(_layer_key(layer, kind)), plan.plan(_layer_key(layer, kind, training=True))
+        device, dtype = _layer_key(layer, kind)[:2]
+        names = [c.backend.name if c.backend else "none" for c in (infer, train)]
+        parts.append(
+            f"{op} x{len(op_layers)} -> {names[0]} (inference), {names[1]} (training) on {device}/"
+            f"{str(dtype).removeprefix('torch.')}"
+        )
+    if parts:
+        LOGGER.info("auto patched %s: %s", model_name, "; ".join(parts))
+
+
+def unpatch(model: nn.Module) -> int:
+    """Remove every patch of ``model`` (and a YOLO object's hooks); returns how many layers were patched."""
+    root = _root_module(model)
+    count = sum(BINDING_ATTR in layer.__dict__ for _, layer, _ in _patchable(root))
+    state = _STATES.get(root)
+    if state is not None:
+        for entry in list(state.entries):
+            state.remove(entry)
+    _apply(model, state or PatchState())
+    return count
+
+
+# ---- models a YOLO object's trainer builds or loads ----------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    for attr in ("module", "_orig_mod"):
+        model = getattr(model, attr, model)
+    return model
+
+
+def _bind_trainer_models(state: PatchState, trainer) -> None:
+    """Callback: the trainer's model (rebuilt from the yaml) and its EMA follow the patch; so does the
+    model its final validation loads from ``best.pt``."""
+    model = _unwrap(trainer.model)
+    bind_model(model, state)
+    ema = getattr(trainer, "ema", None)
+    if ema is not None and ema.ema is not model:
+        bind_model(ema.ema, state)
+    if "final_eval" not in trainer.__dict__:
+        trainer.final_eval = functools.partial(_validate_with_patch, state, trainer.final_eval)
+
+
+def _validate_with_patch(state: PatchState, final_eval) -> None:
+    with models_loaded_follow(state):
+        final_eval()
+
+
+@contextlib.contextmanager
+def models_loaded_follow(state: PatchState) -> Iterator[None]:
+    """Within this block, YOLOv13 models unpickled from checkpoints are bound to ``state``."""
+    token = _LOADING_FOR.set(state)
+    try:
+        yield
+    finally:
+        _LOADING_FOR.reset(token)
+
+
+def bind_if_loading(model: nn.Module) -> None:
+    """Called for each model unpickled from a checkpoint: bind it inside :func:`models_loaded_follow`."""
+    state = _LOADING_FOR.get()
+    if state is not None:
+        bind_model(model, state)
+
+
+def _train_and_rebind(yolo, state: PatchState, *args, **kwargs):
+    """``YOLO.train`` replaces ``yolo.model`` with the best checkpoint when it ends: bind that too."""
+    result = type(yolo).train(yolo, *args, **kwargs)
+    _apply(yolo, state)
+    return result
+
+
+def _install_yolo_hooks(yolo, state: PatchState) -> None:
+    callback = functools.partial(_bind_trainer_models, state)
     yolo.add_callback(TRAIN_EVENT, callback)
-    yolo.__dict__["train"] = functools.partial(_train_and_repatch, yolo, repatch)
+    yolo.__dict__["train"] = functools.partial(_train_and_rebind, yolo, state)
     yolo.__dict__[YOLO_STATE_ATTR] = callback
 
 
@@ -211,10 +376,3 @@ def _remove_yolo_hooks(yolo) -> None:
     if callback is not None:
         yolo.callbacks[TRAIN_EVENT].remove(callback)
         yolo.__dict__.pop("train", None)
-
-
-def unpatch(model: nn.Module) -> int:
-    """Restore every patched layer of ``model`` (and a YOLO object's hooks); returns how many."""
-    if is_yolo(model):
-        _remove_yolo_hooks(model)
-    return _unpatch_module(_root_module(model))

@@ -24,7 +24,8 @@ class OpCall:
     """The facts about one call of an op that decide which backend may serve it.
 
     ``head_dim`` is the per-head width for area attention and the full embedding width D for the
-    hypergraph (its aggregation is one attention head of width D).
+    hypergraph (its aggregation is one attention head of width D). ``compiling``: the call is traced
+    by ``torch.compile`` (``auto`` may then choose differently).
     """
 
     op: str
@@ -33,6 +34,7 @@ class OpCall:
     head_dim: int
     requires_grad: bool = False
     has_dropout_mask: bool = False
+    compiling: bool = False
 
     @property
     def device_type(self) -> str:

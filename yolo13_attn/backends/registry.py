@@ -21,6 +21,12 @@ PRIORITY: dict[str, tuple[str, ...]] = {
     AREA: ("triton", "cuda", "flash", "sdpa", "naive"),
     HYPERGRAPH: ("triton", "cuda", "sdpa", "flash", "naive"),
 }
+# Under torch.compile inductor fuses the reference's softmax and layout copies itself; flash's
+# cast-and-copy path measured slower there than inductor's own code, so auto leaves it out.
+PRIORITY_COMPILED: dict[str, tuple[str, ...]] = {
+    AREA: ("triton", "cuda", "sdpa", "naive"),
+    HYPERGRAPH: ("triton", "cuda", "sdpa", "naive"),
+}
 
 _BACKENDS: dict[tuple[str, str], type[Backend]] = {}
 _ALL_LOADED = False
@@ -47,16 +53,21 @@ def _load_backends() -> None:
         _ALL_LOADED = True
 
 
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a backend name or ``auto``; raise listing the valid names otherwise."""
-    if name != AUTO and name not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join((AUTO, *BACKEND_NAMES))}")
-    return name
+def validate_name(name: object, *, source: str = "backend") -> str:
+    """Return ``name`` (lower-cased) if it is a backend name or ``auto``; raise naming ``source`` (the
+    argument or environment variable it came from) and listing the valid names otherwise."""
+    valid = ", ".join((AUTO, *BACKEND_NAMES))
+    if not isinstance(name, str):
+        raise TypeError(f"{source} must be a backend name (str), got {type(name).__name__} {name!r}; valid backends: {valid}")
+    if name.lower() != AUTO and name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"{source}: unknown backend {name!r}; valid backends: {valid}")
+    return name.lower()
 
 
 def default_backend() -> str:
     """The backend ``patch()`` uses when none is given: ``$YOLO13_ATTN_BACKEND`` or ``auto``."""
-    return validate_name(os.environ.get(DEFAULT_BACKEND_ENV, AUTO).strip().lower() or AUTO)
+    value = os.environ.get(DEFAULT_BACKEND_ENV, "").strip()
+    return validate_name(value, source=f"environment variable {DEFAULT_BACKEND_ENV}") if value else AUTO
 
 
 def get_backend(op: str, name: str) -> type[Backend]:
@@ -78,7 +89,7 @@ def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[
     Raises :class:`BackendUnsupportedError` when the requested backend (or, for ``auto``, every
     backend) cannot serve the call.
     """
-    names = PRIORITY[call.op] if requested == AUTO else (requested,)
+    names = (PRIORITY_COMPILED if call.compiling else PRIORITY)[call.op] if requested == AUTO else (requested,)
     skipped: dict[str, list[str]] = {}
     for name in names:
         backend = get_backend(call.op, name)
@@ -94,6 +105,7 @@ def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[
 def _describe(call: OpCall) -> str:
     dtype = str(call.dtype).removeprefix("torch.")
     extra = ", requires grad" if call.requires_grad else ""
+    extra += ", under torch.compile" if call.compiling else ""
     extra += ", logit dropout" if call.has_dropout_mask else ""
     return f"{call.device_type}, {dtype}, head_dim {call.head_dim}{extra}"
 

@@ -7,6 +7,10 @@ those load as our classes. Three names clash with stock YOLO12 classes (``AAttn`
 save), and the stock classes' ``__setstate__`` is wrapped to turn an object whose state has the
 YOLOv13 shape (an AAttn with a ``qk`` conv, a block holding one) into our class. YOLO12 objects
 keep their class. ``copy.deepcopy`` takes the same path, so it preserves the class too.
+
+The head of a YOLOv13 model is :class:`~yolo13_attn.nn.YOLOv13Detect`, pickled as stock ``Detect``;
+``DetectionModel.__setstate__`` is wrapped to give a loaded (or deep-copied) YOLOv13 model that head
+again, and to bind it to a patch while a patched trainer validates its own checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 
 import ultralytics.nn.modules.block as ul_block
 import ultralytics.nn.modules.conv as ul_conv
+import ultralytics.nn.modules.head as ul_head
 from torch import nn
+from ultralytics.nn import tasks
 
 from .. import nn as v13
 
@@ -64,9 +70,13 @@ _SHARED: dict[type[nn.Module], tuple[type[nn.Module], Callable[[dict[str, Any]],
 }
 
 
+#: ours -> the stock class it pickles as, restored by the model-level upgrade below
+_HEADS: dict[type[nn.Module], type[nn.Module]] = {v13.YOLOv13Detect: ul_head.Detect}
+
+
 def pickled_class(cls: type[nn.Module]) -> type[nn.Module]:
     """The class an instance of ``cls`` is pickled as (the stock class for the shared names)."""
-    return _SHARED[cls][0] if cls in _SHARED else cls
+    return _SHARED[cls][0] if cls in _SHARED else _HEADS.get(cls, cls)
 
 
 def qualified_name(cls: type[nn.Module]) -> str:
@@ -98,6 +108,27 @@ def _upgrading_setstate(stock: type[nn.Module], ours: type[nn.Module], is_ours: 
     return __setstate__
 
 
+def is_yolov13(model: nn.Module) -> bool:
+    """True for a model holding YOLOv13's own layers (HyperACE marks every YOLOv13 scale)."""
+    return any(isinstance(m, v13.HyperACE) for m in model.modules())
+
+
+def _upgrading_model_setstate(original: Callable) -> Callable:
+    def __setstate__(self: nn.Module, state: dict[str, Any]) -> None:
+        original(self, state)
+        if is_yolov13(self):
+            for ours, stock in _HEADS.items():
+                for module in self.modules():
+                    if type(module) is stock:
+                        module.__class__ = ours
+            from ..patching import bind_if_loading  # patching imports this module
+
+            bind_if_loading(self)
+
+    __setstate__.__yolo13_attn_wrapped__ = True
+    return __setstate__
+
+
 def install() -> None:
     """Register the YOLOv13 class names in Ultralytics' modules and set up the shared names."""
     for module, classes in _REGISTERED.items():
@@ -110,6 +141,10 @@ def install() -> None:
                 )
             cls.__module__ = module.__name__
             setattr(module, cls.__name__, cls)
+    for ours in _HEADS:
+        ours.__reduce_ex__ = _reduce_as_stock
+    if not getattr(tasks.DetectionModel.__setstate__, "__yolo13_attn_wrapped__", False):
+        tasks.DetectionModel.__setstate__ = _upgrading_model_setstate(tasks.DetectionModel.__setstate__)
     for ours, (stock, is_ours) in _SHARED.items():
         ours.__reduce_ex__ = _reduce_as_stock
         if not getattr(stock.__setstate__, "__yolo13_attn_wrapped__", False):

@@ -131,7 +131,7 @@ RULES: dict[str, tuple[type[nn.Module], Rule]] = {
     "DownsampleConv": (v13.DownsampleConv, _downsample_conv),
     "FullPAD_Tunnel": (v13.FullPAD_Tunnel, _first_input),
     "Concat": (Concat, _concat),
-    "Detect": (Detect, _detect),
+    "Detect": (v13.YOLOv13Detect, _detect),
 }
 
 

@@ -3,6 +3,7 @@
 from .area_attention import A2C2f, AAttn, ABlock
 from .blocks import DSC3k, DSC3k2, DownsampleConv, DSBottleneck, FullPAD_Tunnel, FuseModule
 from .conv import DSConv
+from .head import YOLOv13Detect
 from .hypergraph import C3AH, AdaHGComputation, AdaHGConv, AdaHyperedgeGen, HyperACE
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "FullPAD_Tunnel",
     "FuseModule",
     "HyperACE",
+    "YOLOv13Detect",
 ]

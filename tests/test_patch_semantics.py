@@ -1,0 +1,198 @@
+"""Patch semantics a user can predict: atomic, a stack per model, handles that undo their own patch,
+and every copy Ultralytics makes runs the patch in force. Each test counts which backend *ran*."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.utils import ASSETS
+
+from yolo13_attn import BackendUnsupportedError, patch, unpatch
+from yolo13_attn.backends import get_backend
+from yolo13_attn.nn import AAttn, AdaHGConv
+from yolo13_attn.patching import report
+from yolo13_attn.testing import randomize_weights
+
+X = torch.rand(1, 3, 64, 64)
+
+
+class Ran:
+    """Counts the calls reaching each backend's entry point, per op."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[str, str]] = []
+        for op, entry in (("area", "forward"), ("hypergraph", "aggregate")):
+            for name in ("naive", "sdpa"):
+                backend = get_backend(op, name)
+                original = getattr(backend, entry)
+
+                def counted(*args, _original=original, _key=(op, name), **kwargs):
+                    self.calls.append(_key)
+                    return _original(*args, **kwargs)
+
+                monkeypatch.setattr(backend, entry, counted)
+
+    def take(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for key in self.calls:
+            counts[key] = counts.get(key, 0) + 1
+        self.calls.clear()
+        return counts
+
+
+@pytest.fixture
+def yolo():
+    model = YOLO("yolov13n.yaml")
+    randomize_weights(model.model, seed=4)
+    model.model.eval()
+    return model
+
+
+def forward(model) -> None:
+    with torch.no_grad():
+        model(X)
+
+
+def test_a_refused_patch_changes_nothing(yolo, monkeypatch):
+    first = patch(yolo, "sdpa")
+    ran = Ran(monkeypatch)
+    with pytest.raises(BackendUnsupportedError, match="hgnn: backend 'flash' cannot serve"):
+        patch(yolo, {"area": "naive", "hypergraph": "flash"})  # flash refuses on a CPU-only machine
+    forward(yolo.model)
+    assert ran.take() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
+    assert first.active and len(first.state.entries) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="flash refuses only where no CUDA device exists")
+def test_a_refused_first_patch_leaves_the_layers_unpatched(yolo):
+    with pytest.raises(BackendUnsupportedError):
+        patch(yolo, {"area": "sdpa", "hypergraph": "flash"})
+    assert type(yolo.model.model[6].m[0][0].attn) is AAttn and type(yolo.model.model[9].branch1.m.hgnn) is AdaHGConv
+
+
+def test_each_handle_undoes_its_own_patch(yolo, monkeypatch):
+    ran = Ran(monkeypatch)
+    h1 = patch(yolo, "sdpa")
+    h2 = patch(yolo, "naive")
+    forward(yolo.model)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+    h2.undo()  # back to h1's patch, not to unpatched
+    forward(yolo.model)
+    assert ran.take() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
+    assert {r.requested for r in report(yolo)} == {"sdpa"}
+
+    h2 = patch(yolo, "naive")
+    h1.undo()  # removes h1 beneath h2: h2 stays in force
+    forward(yolo.model)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+    assert {r.requested for r in report(yolo)} == {"naive"}
+    h2.undo()
+    assert {r.backend for r in report(yolo)} == {"naive (unpatched)"}
+    assert type(yolo.model.model[6].m[0][0].attn) is AAttn
+
+
+def test_partial_specs_and_context_managers_compose(yolo, monkeypatch):
+    ran = Ran(monkeypatch)
+    outer = patch(yolo, {"area": "sdpa"})
+    with patch(yolo, {"hypergraph": "sdpa"}):
+        forward(yolo.model)
+        assert ran.take() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
+        with patch(yolo, "naive"):
+            forward(yolo.model)
+            assert ran.take() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+        forward(yolo.model)  # leaving the inner block restores both outer patches
+        assert ran.take() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
+    forward(yolo.model)
+    assert ran.take() == {("area", "sdpa"): 8, ("hypergraph", "naive"): 2}
+    outer.undo()
+    outer.undo()  # a second undo does nothing
+    forward(yolo.model)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+
+
+def test_unpatch_clears_the_stack(yolo):
+    h1 = patch(yolo, "sdpa")
+    patch(yolo, {"area": "naive"})
+    assert unpatch(yolo) == 10
+    assert not h1.active and {r.backend for r in report(yolo)} == {"naive (unpatched)"}
+
+
+def test_predict_follows_repatching(yolo, monkeypatch):
+    ran = Ran(monkeypatch)
+
+    def predicted() -> dict:
+        yolo.predict(ASSETS / "bus.jpg", imgsz=64, verbose=False)
+        return ran.take()
+
+    assert predicted() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+    h1 = patch(yolo, "sdpa")  # after the predictor was built
+    assert predicted() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
+    with patch(yolo, {"area": "naive"}):
+        assert predicted() == {("area", "naive"): 8, ("hypergraph", "sdpa"): 2}
+    assert predicted() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
+    h1.undo()
+    assert predicted() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+
+
+def test_copies_follow_the_original_until_patched_themselves(yolo, monkeypatch):
+    ran = Ran(monkeypatch)
+    patch(yolo, "sdpa")
+    clone = copy.deepcopy(yolo.model)  # what the predictor and EMA do
+    patch(yolo, {"area": "naive"})
+    forward(clone)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "sdpa"): 2}
+    own = patch(clone, {"hypergraph": "naive"})  # the copy now has a stack of its own
+    forward(yolo.model)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "sdpa"): 2}
+    forward(clone)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
+    own.undo()
+    forward(clone)
+    assert ran.take() == {("area", "naive"): 8, ("hypergraph", "sdpa"): 2}
+
+
+def test_trainer_callback_binds_rebuilt_models_to_the_composed_patch(yolo, monkeypatch):
+    """The callback patch() installs binds the model a trainer rebuilds (and its EMA) to every patch in force."""
+    from types import SimpleNamespace
+
+    from yolo13_attn.patching import TRAIN_EVENT
+
+    patch(yolo, {"area": "sdpa"})
+    patch(yolo, {"hypergraph": "sdpa"})
+    rebuilt, ema = YOLO("yolov13n.yaml").model.eval(), YOLO("yolov13n.yaml").model.eval()
+    trainer = SimpleNamespace(model=rebuilt, ema=SimpleNamespace(ema=ema), final_eval=lambda: None)
+    (callback,) = [c for c in yolo.callbacks[TRAIN_EVENT] if "bind_trainer" in repr(c)]
+    callback(trainer)
+    ran = Ran(monkeypatch)
+    forward(rebuilt)
+    forward(ema)
+    assert ran.take() == {("area", "sdpa"): 16, ("hypergraph", "sdpa"): 4}
+
+
+def test_report_says_where_the_choice_came_from(yolo, monkeypatch):
+    assert {r.source for r in patch(yolo, "sdpa").report()} == {"argument"}
+    unpatch(yolo)
+    monkeypatch.setenv("YOLO13_ATTN_BACKEND", "naive")
+    rows = patch(yolo).report()
+    assert {r.source for r in rows} == {"$YOLO13_ATTN_BACKEND"} and all("YOLO13_ATTN_BACKEND" in r.why for r in rows)
+    unpatch(yolo)
+    monkeypatch.delenv("YOLO13_ATTN_BACKEND")
+    rows = patch(yolo).report()
+    assert {r.source for r in rows} == {"default"} and all(r.why.startswith("auto (default)") for r in rows)
+
+
+def test_env_backend_errors_name_the_variable(yolo, monkeypatch):
+    monkeypatch.setenv("YOLO13_ATTN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="YOLO13_ATTN_BACKEND.*'bogus'.*valid backends: auto, naive"):
+        patch(yolo)
+
+
+@pytest.mark.parametrize("bad", [123, b"sdpa", object, ["sdpa"]])
+def test_backend_of_the_wrong_type_is_a_type_error(yolo, bad):
+    with pytest.raises(TypeError, match="backend must be a backend name"):
+        patch(yolo, bad)
+    with pytest.raises(TypeError, match=r"backend\['area'\] must be a backend name"):
+        patch(yolo, {"area": bad})
