@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 import torch
+from tiny_dataset import tiny_dataset
 from torch import nn
 from ultralytics import YOLO
 
@@ -211,20 +212,9 @@ def test_torch_compile_fullgraph_matches_eager():
 def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path, monkeypatch):
     """YOLO.train() rebuilds the model from its yaml, validates its EMA, validates best.pt at the end and
     reloads it: every one of those runs the patches in force (two partial specs, composed)."""
-    import cv2
-    import numpy as np
-
     pytest.importorskip("polars", reason="Ultralytics' trainer writes its results with polars")
 
-    images, labels = tmp_path / "images" / "train", tmp_path / "labels" / "train"
-    images.mkdir(parents=True)
-    labels.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        cv2.imwrite(str(images / f"{i}.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-        (labels / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.3\n")
-    data = tmp_path / "data.yaml"
-    data.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/train\nnames:\n  0: thing\n")
+    data = tiny_dataset(tmp_path)
     seen = []
 
     def check(trainer):

@@ -14,7 +14,6 @@ own stock layers (``Conv``, ``Concat``, ``Detect``, ``torch.nn``) and ``make_div
 from __future__ import annotations
 
 import ast
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from ultralytics.utils.ops import make_divisible
 
 from .. import nn as v13
 from .checkpoints import qualified_name
+from .wrapping import wrap_once
 
 CFG_DIR = Path(__file__).parent / "cfg"
 
@@ -196,16 +196,6 @@ def parse_yolov13(d: dict, ch: int, verbose: bool = True) -> tuple[nn.Sequential
     return nn.Sequential(*layers), sorted(build.save)
 
 
-def _wrap(owner: object, attr: str, make: Callable[[Callable], Callable]) -> None:
-    """Replace ``owner.attr`` by ``make(original)`` once (idempotent across re-imports)."""
-    original = getattr(owner, attr)
-    if getattr(original, "__yolo13_attn_wrapped__", False):
-        return
-    wrapper = functools.wraps(original)(make(original))
-    wrapper.__yolo13_attn_wrapped__ = True
-    setattr(owner, attr, wrapper)
-
-
 def _parse_model_wrapper(original: Callable) -> Callable:
     def parse_model(d, ch, verbose=True):
         return parse_yolov13(d, ch, verbose) if is_yolov13(d) else original(d, ch, verbose)
@@ -230,6 +220,6 @@ def install() -> None:
     """Wrap ``parse_model`` (and ``check_yaml``, to find the packaged yaml) in ``ultralytics.nn.tasks``."""
     import ultralytics.nn
 
-    _wrap(tasks, "parse_model", _parse_model_wrapper)
+    wrap_once(tasks, "parse_model", _parse_model_wrapper)
     ultralytics.nn.parse_model = tasks.parse_model
-    _wrap(tasks, "check_yaml", _check_yaml_wrapper)
+    wrap_once(tasks, "check_yaml", _check_yaml_wrapper)
