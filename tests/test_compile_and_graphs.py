@@ -166,6 +166,8 @@ def test_yolov13n_compiles_to_one_graph_with_the_backends_ops(backend, mode):
     expected = BACKEND_OPS[backend or "naive"]
     assert all(any(name in op for op in ops) for name in expected), f"{expected} not in the graph: {sorted(ops)}"
     assert not any("yolo13_attn" in op for op in ops) or backend == "triton"
+    reference_ops = {"sdpa": ("softmax",), "triton": ("softmax", "logsumexp")}.get(backend, ())
+    assert not any(name in op for op in ops for name in reference_ops), "the reference's math is in the graph"
     if mode == "eval":
         with torch.no_grad():
             torch.testing.assert_close(out[0], model(x)[0], rtol=1e-4, atol=1e-3)
@@ -208,3 +210,98 @@ def test_only_yolov13_models_get_the_traceable_head(tmp_path):
     assert type(YOLO(str(tmp_path / "m.pt")).model.model[-1]) is YOLOv13Detect
     assert type(copy.deepcopy(yolo.model).model[-1]) is YOLOv13Detect
     assert type(YOLO("yolo11n.yaml").model.model[-1]) is Detect
+
+
+# ---- GPU: the compiled model runs the backend's kernels ----------------------------------------
+
+#: substrings of the GPU kernel names each backend launches (fp16, head_dim 32, on sm80+)
+BACKEND_KERNELS = {
+    "triton": ("area_attention_fwd_kernel", "hypergraph_aggregate_partial_kernel", "hypergraph_scatter_kernel"),
+    "flash": ("flash",),
+    "sdpa": ("flash|fmha|cudnn|attention",),
+}
+TRAIN_KERNELS = {"triton": ("area_attention_bwd_dq_kernel", "hypergraph_bwd_kernel"), "flash": ("flash",)}
+
+
+def profiled_kernels(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def ran(kernels: list[str], patterns: tuple[str, ...]) -> bool:
+    return all(any(alt in k.lower() for k in kernels for alt in p.lower().split("|")) for p in patterns)
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "backend, compile_kwargs",
+    [
+        ("triton", {}),
+        ("flash", {}),
+        ("sdpa", {}),
+        ("triton", {"mode": "reduce-overhead"}),
+        ("triton", {"mode": "max-autotune-no-cudagraphs"}),
+        ("triton", {"dynamic": True, "fullgraph": True}),
+    ],
+)
+def test_compiled_patched_model_runs_the_backends_kernels(backend, compile_kwargs):
+    """Profile one call of the inductor-compiled model: the backend's own kernels ran, inductor's
+    fused softmax over the reference math did not (the unpatched model's attention shows up as
+    ``softmax`` kernels)."""
+    torch._dynamo.reset()
+    model = patched_yolov13n(backend)
+    compiled = torch.compile(model, **compile_kwargs)
+    x = torch.rand(2, 3, 320, 256, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        for _ in range(3):  # compile (cold), then reduce-overhead's recording and CUDA-graph runs
+            compiled(x)
+        kernels = profiled_kernels(lambda: compiled(x))
+        expected = model(x)[0]
+        got = compiled(x)[0]
+    assert ran(kernels, BACKEND_KERNELS[backend]), f"{backend} kernels missing under compile: {sorted(set(kernels))}"
+    assert softmax_launches(kernels) <= DFL_SOFTMAX, "inductor ran the reference's softmax for attention layers"
+    torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=0.5)
+
+
+#: softmax launches of the detection head's DFL that inductor may emit (the attention's are 10 more)
+DFL_SOFTMAX = 2
+
+
+def softmax_launches(kernels: list[str]) -> int:
+    return sum("softmax" in k for k in kernels)
+
+
+@needs_cuda
+def test_unpatched_compiled_model_runs_softmax_kernels_for_its_attention():
+    """What the check above rules out: compiled without a patch, the attention is inductor's softmax."""
+    torch._dynamo.reset()
+    compiled = torch.compile(patched_yolov13n(None))
+    x = torch.rand(2, 3, 320, 256, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        compiled(x)
+        kernels = profiled_kernels(lambda: compiled(x))
+    assert softmax_launches(kernels) > DFL_SOFTMAX + 4, sorted(set(kernels))
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["triton", "flash"])
+def test_compiled_training_step_runs_the_backends_kernels(backend):
+    """Train mode, cold compile, fullgraph: forward and backward run the backend's kernels."""
+    torch._dynamo.reset()
+    model = YOLO("yolov13n.yaml").model.cuda().train()
+    spec = backend if backend == "triton" else {"area": backend, "hypergraph": "triton"}
+    yolo13_attn.patch(model, spec)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.rand(2, 3, 256, 256, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = compiled(x)
+        (out["boxes"].float().sum() + out["scores"].float().sum()).backward()
+
+    step()
+    kernels = profiled_kernels(step)
+    assert ran(kernels, BACKEND_KERNELS[backend] + TRAIN_KERNELS[backend]), sorted(set(kernels))
+    assert softmax_launches(kernels) == 0, "the reference's softmax ran (train mode has no DFL)"
