@@ -59,8 +59,8 @@ def forward(model) -> None:
 def test_a_refused_patch_changes_nothing(yolo, monkeypatch):
     first = patch(yolo, "sdpa")
     ran = Ran(monkeypatch)
-    with pytest.raises(BackendUnsupportedError, match="hgnn: backend 'flash' cannot serve"):
-        patch(yolo, {"area": "naive", "hypergraph": "flash"})  # flash refuses on a CPU-only machine
+    with pytest.raises(BackendUnsupportedError, match="hgnn: backend 'cuda' cannot serve"):
+        patch(yolo, {"area": "naive", "hypergraph": "cuda"})  # refused on every machine until csrc/ is built
     forward(yolo.model)
     assert ran.take() == {("area", "sdpa"): 8, ("hypergraph", "sdpa"): 2}
     assert first.active and len(first.state.entries) == 1
@@ -124,8 +124,12 @@ def test_predict_follows_repatching(yolo, monkeypatch):
     ran = Ran(monkeypatch)
 
     def predicted() -> dict:
+        """Which backends served the predictor's forwards, per forward (CUDA predictors add a warm-up forward)."""
         yolo.predict(ASSETS / "bus.jpg", imgsz=64, verbose=False)
-        return ran.take()
+        counts = ran.take()
+        forwards = counts[next(k for k in counts if k[0] == "area")] // 8
+        assert forwards >= 1 and all(n == forwards * (8 if op == "area" else 2) for (op, _), n in counts.items())
+        return {key: n // forwards for key, n in counts.items()}
 
     assert predicted() == {("area", "naive"): 8, ("hypergraph", "naive"): 2}
     h1 = patch(yolo, "sdpa")  # after the predictor was built
@@ -196,3 +200,17 @@ def test_backend_of_the_wrong_type_is_a_type_error(yolo, bad):
         patch(yolo, bad)
     with pytest.raises(TypeError, match=r"backend\['area'\] must be a backend name"):
         patch(yolo, {"area": bad})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["triton", "flash"])
+def test_patching_before_the_model_moves_to_the_gpu_works(yolo, backend):
+    """The quickstart's order: patch right after building (model on the CPU), then run on the GPU."""
+    from yolo13_attn import kernels_by_layer
+
+    patch(yolo, backend if backend == "triton" else {"area": backend, "hypergraph": "triton"})
+    yolo.model.cuda().half()
+    found = kernels_by_layer(yolo, torch.rand(1, 3, 64, 64, device="cuda", dtype=torch.half))
+    expected = {"triton": "area_attention_fwd_kernel", "flash": "flash"}[backend]
+    assert all(any(expected in k for k in found[name]) for name in found if name.endswith("attn")), found
+    assert all(any("hypergraph" in k for k in found[name]) for name in found if name.endswith("hgnn")), found

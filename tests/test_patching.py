@@ -120,7 +120,15 @@ def test_unknown_backend_lists_valid_names(yolo):
 
 
 def test_flash_on_cpu_model_raises_with_reasons(yolo):
-    with pytest.raises(BackendUnsupportedError, match=r"model\.6\.m\.0\.0\.attn: backend 'flash' cannot serve.*device 'cpu'"):
+    """Without a CUDA device flash is refused at patch time; with one, a CPU model may be patched
+    (it runs once moved to the GPU) and a call left on the CPU raises naming the layer."""
+    error = r"model\.6\.m\.0\.0\.attn: backend 'flash' cannot serve.*device 'cpu'"
+    if torch.cuda.is_available():
+        patch(yolo, "flash")
+        with pytest.raises(BackendUnsupportedError, match=error), torch.no_grad():
+            yolo.model(torch.rand(1, 3, 64, 64))
+        return
+    with pytest.raises(BackendUnsupportedError, match=error):
         patch(yolo, "flash")
     assert type(yolo.model.model[6].m[0][0].attn) is AAttn  # nothing half-patched
 
