@@ -320,3 +320,19 @@ def test_compiled_training_step_runs_the_backends_kernels(backend):
     kernels = profiled_kernels(step)
     assert ran(kernels, BACKEND_KERNELS[backend] + TRAIN_KERNELS[backend]), sorted(set(kernels))
     assert softmax_launches(kernels) == 0, "the reference's softmax ran (train mode has no DFL)"
+
+
+@needs_cuda
+def test_ultralytics_predict_compile_option_runs_the_backends_kernels():
+    """``YOLO.predict(..., compile=True)``: Ultralytics compiles the patched model; its kernels run."""
+    from ultralytics.utils import ASSETS
+
+    torch._dynamo.reset()
+    yolo = YOLO("yolov13n.yaml")
+    randomize_weights(yolo.model, seed=9)
+    yolo13_attn.patch(yolo, "triton")
+    args = {"imgsz": 256, "device": 0, "half": True, "compile": True, "verbose": False}
+    yolo.predict(ASSETS / "bus.jpg", **args)  # compiles
+    kernels = profiled_kernels(lambda: yolo.predict(ASSETS / "bus.jpg", **args))
+    assert ran(kernels, BACKEND_KERNELS["triton"]), sorted(set(kernels))
+    assert softmax_launches(kernels) <= DFL_SOFTMAX
