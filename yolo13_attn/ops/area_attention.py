@@ -57,7 +57,7 @@ def area_attention(
             serve the call.
     """
     q, k, v, area = check_area_inputs(q, k, v, area, layout, layer)
-    scale = check_scale(q.shape[2] ** -0.5 if scale is None else scale, layer)
+    scale = q.shape[2] ** -0.5 if scale is None else check_scale(scale, layer)  # a traced shape makes a tensor
     impl = resolve_area_backend(q, k, v, backend)
     out = impl.forward(q, k, v, area, scale)
     return out if layout == "bhdn" else out.transpose(2, 3)

@@ -63,16 +63,13 @@ def _autocast(tensors: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
 def _one_dtype_and_device(where: str, tensors: dict[str, Tensor | None]) -> None:
     present = {name: t for name, t in tensors.items() if t is not None}
     dtypes = {t.dtype for t in present.values()}
-    listing = ", ".join(f"{name} {_dtype_name(t.dtype)}" for name, t in present.items())
-    if len(dtypes) > 1:
-        raise ValueError(f"{where}inputs must share one dtype (no backend casts silently), got {listing}")
-    if not next(iter(dtypes)).is_floating_point:
-        raise ValueError(f"{where}inputs must be floating point, got {listing}")
-    devices = {t.device for t in present.values()}
-    if len(devices) > 1:
-        raise ValueError(
-            f"{where}inputs must be on one device, got " + ", ".join(f"{n} {t.device}" for n, t in present.items())
-        )
+    if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
+        listing = ", ".join(f"{name} {_dtype_name(t.dtype)}" for name, t in present.items())
+        rule = "share one dtype (no backend casts silently)" if len(dtypes) > 1 else "be floating point"
+        raise ValueError(f"{where}inputs must {rule}, got {listing}")
+    if len({t.device for t in present.values()}) > 1:
+        listing = ", ".join(f"{name} {t.device}" for name, t in present.items())
+        raise ValueError(f"{where}inputs must be on one device, got {listing}")
 
 
 def checked_tensors(where: str, **tensors: Tensor | None) -> tuple[Tensor | None, ...]:
