@@ -3,7 +3,7 @@
 
 Ops (``--ops``):
 
-* ``area_core``  - ``yolo13_attn.area_attention(q, k, v, area, backend=...)`` on ready
+* ``area_core``  - ``yolo13_attn.area_attention(q, k, v, area, layout="bhdn", backend=...)`` on ready
   ``(B, heads, 32, N)`` channel-major views of conv outputs (q, k: halves of one ``(B, 2C, H, W)``
   tensor, v: a ``(B, C, H, W)`` tensor), exactly what ``AAttn`` hands the op.
 * ``area_layer`` - a ``yolo13_attn.nn.AAttn`` forward (BN fused into the convs, eval), unpatched
@@ -238,7 +238,7 @@ class AreaCore(Group):
         except BackendUnsupportedError as err:
             raise Unsupported(str(err).split(" -- ", 1)[-1]) from None
         area = self.shape.area
-        calls = [lambda q=q, k=k, v=v: yolo13_attn.area_attention(q, k, v, area, backend=backend) for q, k, v in self.sets]
+        calls = [lambda q=q, k=k, v=v: yolo13_attn.area_attention(q, k, v, area, layout="bhdn", backend=backend) for q, k, v in self.sets]
         plan = cls.plan(OpCall.for_area(q, k, v))
         return Runner(calls, plan.kernel, compute_dtype=plan.compute_dtype)
 

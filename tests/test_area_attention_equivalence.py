@@ -48,7 +48,7 @@ def check_forward(backend, shape, dtype, device, channels_last=False):
     q, k, v = conv_outputs(b, heads, head_dim, h, w, dtype, device, channels_last)
     call = OpCall.for_area(q, k, v)
     skip_unless_supported(AREA, backend, call)
-    out = area_attention(q, k, v, area, backend=backend)
+    out = area_attention(q, k, v, area, layout="bhdn", backend=backend)
     ref64 = area_attention_reference(q.double(), k.double(), v.double(), area)
     base_dtype = backend_baseline_dtype(AREA, backend, call)
     baseline = area_attention_reference(q.to(base_dtype), k.to(base_dtype), v.to(base_dtype), area)
@@ -92,7 +92,7 @@ def test_area_equivalence_gradients(backend, shape, dtype, device):
         return [t.grad for t in inputs]
 
     base_dtype = backend_baseline_dtype(AREA, backend, call)
-    got = grads(lambda q, k, v: area_attention(q, k, v, area, backend=backend), dtype)
+    got = grads(lambda q, k, v: area_attention(q, k, v, area, layout="bhdn", backend=backend), dtype)
     ref64 = grads(lambda q, k, v: area_attention_reference(q, k, v, area), torch.float64)
     baseline = grads(lambda q, k, v: area_attention_reference(q, k, v, area), base_dtype)
     for name, g, r, p in zip("qkv", got, ref64, baseline):

@@ -1,4 +1,4 @@
-"""``python -m yolo13_attn info`` (environment and backends) and ``demo`` (YOLOv13n on bus.jpg)."""
+"""Command line: ``python -m yolo13_attn info`` and ``python -m yolo13_attn demo``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ import importlib.metadata
 import platform
 import sys
 import time
+from typing import NoReturn
 
 import torch
+
+DESCRIPTION = """\
+YOLOv13 on stock Ultralytics, with interchangeable attention backends.
+
+commands:
+  info   versions, the GPU, and every backend's availability with reasons
+  demo   build YOLOv13n (seeded random weights, no downloads), patch it, run it
+         on Ultralytics' bundled bus.jpg and print which kernel served each layer
+"""
 
 
 def _version(package: str) -> str:
@@ -36,16 +46,18 @@ def environment() -> dict[str, str]:
 
 
 def info() -> None:
-    from .backends import available_backends
+    from .backends import PRIORITY, available_backends
 
     for key, value in environment().items():
         print(f"{key:>20}: {value}")
     for op, backends in available_backends().items():
-        print(f"\n{op} backends (auto priority order):")
+        print(f"\n{op} backends, auto priority {' > '.join(PRIORITY[op])}:")
         for name, entry in backends.items():
             state = "available" if entry["available"] else "unavailable: " + "; ".join(entry["reasons"])
             dtypes = ",".join(entry["dtypes"])
-            print(f"  {name:<7} {state}\n          {entry['description']} [devices {','.join(entry['devices'])}; {dtypes}; backward {entry['backward']}]")
+            print(
+                f"  {name:<7} {state}\n          {entry['description']} [devices {','.join(entry['devices'])}; {dtypes}; backward {entry['backward']}]"
+            )
 
 
 def demo(backend: str, imgsz: int) -> None:
@@ -60,27 +72,70 @@ def demo(backend: str, imgsz: int) -> None:
     yolo = YOLO("yolov13n.yaml")
     randomize_weights(yolo.model, seed=0)
     yolo.model.to(device).eval()
-    print(f"YOLOv13n built on stock Ultralytics: {sum(p.numel() for p in yolo.model.parameters()):,} parameters, {device}")
+    print(
+        f"YOLOv13n built on stock Ultralytics: {sum(p.numel() for p in yolo.model.parameters()):,} parameters, {device}"
+    )
     handle = patch(yolo, backend)
     start = time.perf_counter()
     results = yolo.predict(ASSETS / "bus.jpg", imgsz=imgsz, device=device, conf=0.0, max_det=10, verbose=False)
     elapsed = time.perf_counter() - start
-    print(f"predict on bus.jpg at {imgsz}: {len(results[0].boxes)} boxes (random weights: boxes are meaningless), {elapsed * 1000:.0f} ms")
+    print(
+        f"predict on bus.jpg at {imgsz}: {len(results[0].boxes)} boxes (random weights: boxes are meaningless), {elapsed * 1000:.0f} ms"
+    )
     print(f"\nwhat ran (backend={backend!r}):\n{handle}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m yolo13_attn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _backend_name(value: str) -> str:
+    from .backends.registry import VALID_NAMES, validate_name
+
+    try:
+        return validate_name(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend {value!r}; valid backends: {', '.join(VALID_NAMES)}"
+        ) from None
+
+
+def _image_size(value: str) -> int:
+    size = int(value) if value.isdigit() else 0
+    if size < 32:
+        raise argparse.ArgumentTypeError(f"--imgsz must be an integer >= 32 (pixels), got {value!r}")
+    return size
+
+
+def parser() -> argparse.ArgumentParser:
+    root = _Parser(
+        prog="python -m yolo13_attn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = root.add_subparsers(dest="command", required=True, metavar="{info,demo}", parser_class=_Parser)
     sub.add_parser("info", help="versions, GPU, and every backend's availability with reasons")
     demo_parser = sub.add_parser("demo", help="YOLOv13n on Ultralytics' bus.jpg with a patched backend")
-    demo_parser.add_argument("--backend", default="auto")
-    demo_parser.add_argument("--imgsz", type=int, default=320)
-    args = parser.parse_args(argv)
+    demo_parser.add_argument(
+        "--backend", type=_backend_name, default="auto", help="auto (default), naive, sdpa, flash, triton or cuda"
+    )
+    demo_parser.add_argument("--imgsz", type=_image_size, default=320, help="inference size in pixels (default 320)")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backends import BackendUnsupportedError
+
+    args = parser().parse_args(argv)
     if args.command == "info":
         info()
-    else:
+        return 0
+    try:
         demo(args.backend, args.imgsz)
+    except BackendUnsupportedError as err:  # a valid name this machine cannot serve: one line, no traceback
+        print(f"python -m yolo13_attn demo: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,7 +32,7 @@ def yolo12_aattn_forward(self: ul_block.AAttn, x: Tensor) -> Tensor:
     b, _, h, w = x.shape
     qkv = heads_view(self.qkv(x), self.num_heads)  # (B, heads, 3 * head_dim, N)
     q, k, v = qkv.split(self.head_dim, dim=2)
-    out = area_attention(q, k, v, self.area, backend=self.area_backend(q, k, v), layer=self)
+    out = area_attention(q, k, v, self.area, layout="bhdn", backend=self.area_backend(q, k, v), layer=self)
     v_image = v.reshape(b, -1, h, w)
     return self.proj(out.view(b, -1, h, w) + self.pe(v_image))
 

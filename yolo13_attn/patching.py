@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .backends.base import OPS
-from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_name
+from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_spec
 from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, machine_devices
 from .layer_kinds import BINDING_ATTR, LayerKind, bind, kind_of, unbind
 
@@ -73,12 +73,7 @@ def _resolve_spec(backend: BackendSpec) -> dict[str, tuple[str, str]]:
     if backend is None:
         source = f"${DEFAULT_BACKEND_ENV}" if os.environ.get(DEFAULT_BACKEND_ENV, "").strip() else "default"
         return dict.fromkeys(OPS, (default_backend(), source))
-    if isinstance(backend, Mapping):
-        unknown = [op for op in backend if op not in OPS]
-        if unknown:
-            raise ValueError(f"patch(): unknown op(s) {unknown} in the backend dict; ops are {list(OPS)}")
-        return {op: (validate_name(name, source=f"backend[{op!r}]"), "argument") for op, name in backend.items()}
-    return dict.fromkeys(OPS, (validate_name(backend, source="backend"), "argument"))
+    return {op: (name, "argument") for op, name in validate_spec(backend).items()}
 
 
 def is_yolo(target: object) -> bool:

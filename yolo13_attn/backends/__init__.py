@@ -11,6 +11,7 @@ from .registry import (
     get_backend,
     select,
     validate_name,
+    validate_spec,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "get_backend",
     "select",
     "validate_name",
+    "validate_spec",
 ]

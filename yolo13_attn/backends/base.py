@@ -167,7 +167,7 @@ class HypergraphBackend(Backend):
     def aggregate(
         cls, x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, dropout_mask: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """``(he (B, M, D), lse (B, M) float32)``."""
+        """``(he (B, M, D), lse (B, M))``: lse float32, float64 for float64 inputs (``ops/checks.py``)."""
         raise NotImplementedError
 
     @classmethod

@@ -13,7 +13,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..ops.reference import contiguous_as, from_area_tokens, hyperedge_logits, to_area_tokens
+from ..ops.reference import (
+    area_attention_reference,
+    contiguous_as,
+    from_area_tokens,
+    hyperedge_logits,
+    hypergraph_aggregate_reference,
+    to_area_tokens,
+)
 from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
 from .naive import NaiveHypergraph
 from .registry import register
@@ -91,6 +98,8 @@ class FlashAreaAttention(_FlashDeclaration, AreaAttentionBackend):
 
     @classmethod
     def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
+        if q.numel() == 0:  # FA2 is not launched on empty batches or sequences: the reference's (empty) answer
+            return area_attention_reference(q, k, v, area, scale)
         b, dtype = q.shape[0], cls.compute_dtype(q.dtype)
         # (B, area, h, n, d) -> (B*area, n, h, d): the layout flash_attn_func takes
         qt, kt, vt = (to_area_tokens(t, area).flatten(0, 1).transpose(1, 2) for t in (q, k, v))
@@ -109,6 +118,8 @@ class FlashHypergraph(_FlashDeclaration, HypergraphBackend):
 
     @classmethod
     def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
+        if x.numel() == 0 or prototypes.numel() == 0:  # not launched on empty inputs: he = 0, lse = -inf for N = 0
+            return hypergraph_aggregate_reference(x, xp, prototypes, scale)
         dtype = cls.compute_dtype(x.dtype)
         he, lse = flash_attention(*(t.unsqueeze(2) for t in (prototypes, xp, x)), scale, dtype)
         if torch.is_grad_enabled() and (xp.requires_grad or prototypes.requires_grad):

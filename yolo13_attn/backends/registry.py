@@ -9,6 +9,7 @@ grad), never at global device state.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 
 from .base import AREA, HYPERGRAPH, OPS, Backend, OpCall
 
@@ -53,28 +54,86 @@ def _load_backends() -> None:
         _ALL_LOADED = True
 
 
-def validate_name(name: object, *, source: str = "backend") -> str:
-    """Return ``name`` (lower-cased) if it is a backend name or ``auto``; raise naming ``source`` (the
-    argument or environment variable it came from) and listing the valid names otherwise."""
-    valid = ", ".join((AUTO, *BACKEND_NAMES))
-    if not isinstance(name, str):
-        raise TypeError(f"{source} must be a backend name (str), got {type(name).__name__} {name!r}; valid backends: {valid}")
-    if name.lower() != AUTO and name.lower() not in BACKEND_NAMES:
-        raise ValueError(f"{source}: unknown backend {name!r}; valid backends: {valid}")
-    return name.lower()
+VALID_NAMES = (AUTO, *BACKEND_NAMES)
+
+
+def _valid() -> str:
+    return ", ".join(VALID_NAMES)
+
+
+def validate_name(value: object, *, source: str = "backend") -> str:
+    """The backend ``value`` names, stripped and lower-cased: ``auto`` or one of :data:`BACKEND_NAMES`.
+
+    ``source`` says where the value came from (an argument such as ``backend`` or ``backend['area']``,
+    or ``$YOLO13_ATTN_BACKEND``); both errors name it and list the valid names.
+
+    Raises:
+        TypeError: ``value`` is not a ``str`` (bytes, a number, None, a class, ...).
+        ValueError: ``value`` is a string but not a backend name.
+    """
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{source} must be a backend name (str), got {type(value).__name__} {value!r}; valid backends: {_valid()}"
+        )
+    name = value.strip().lower()
+    if name not in VALID_NAMES:
+        raise ValueError(f"{source}={value!r} is not a backend; valid backends: {_valid()}")
+    return name
+
+
+def validate_spec(spec: object, *, source: str = "backend") -> dict[str, str]:
+    """``patch()``'s backend argument as ``{op: name}``: a name serves every op, a dict only the ops it names.
+
+    Raises:
+        TypeError: ``spec`` is neither a str nor a mapping (bytes included), or a name in it is not a str.
+        ValueError: an unknown backend name, or an unknown op in a mapping.
+    """
+    if isinstance(spec, str):
+        name = validate_name(spec, source=source)
+        return {op: name for op in OPS}
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"{source} must be a backend name (str) or a dict {{op: name}} over the ops {list(OPS)}, "
+            f"got {type(spec).__name__} {spec!r}; valid backends: {_valid()}"
+        )
+    unknown = [op for op in spec if op not in OPS]
+    if unknown:
+        raise ValueError(f"{source}: unknown op(s) {unknown!r} in backend dict; ops are {list(OPS)}")
+    return {op: validate_name(name, source=f"{source}[{op!r}]") for op, name in spec.items()}
 
 
 def default_backend() -> str:
-    """The backend ``patch()`` uses when none is given: ``$YOLO13_ATTN_BACKEND`` or ``auto``."""
-    value = os.environ.get(DEFAULT_BACKEND_ENV, "").strip()
-    return validate_name(value, source=f"environment variable {DEFAULT_BACKEND_ENV}") if value else AUTO
+    """The backend ``patch()`` uses when none is given: ``$YOLO13_ATTN_BACKEND`` (unset or empty: ``auto``).
+
+    An invalid value raises the errors of :func:`validate_name`, naming the environment variable.
+    """
+    return validate_name(os.environ.get(DEFAULT_BACKEND_ENV, "").strip() or AUTO, source=f"${DEFAULT_BACKEND_ENV}")
+
+
+def resolve(backend: object, op: str, describe: Callable[[], OpCall]) -> type[Backend]:
+    """The class serving one call of ``op``: ``backend`` is a backend class of ``op`` (used as is) or a
+    name (``describe()`` builds the call, then :func:`select` picks).
+
+    Raises:
+        TypeError: ``backend`` is neither a name nor a backend class of ``op``.
+        ValueError: an unknown name. BackendUnsupportedError: as :func:`select`.
+    """
+    if isinstance(backend, type) and issubclass(backend, Backend):
+        if backend.op != op:
+            raise TypeError(f"backend {backend.__name__} implements op {backend.op!r}, not {op!r}")
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(
+            f"backend must be a backend name (str) or a backend class, got {type(backend).__name__} {backend!r}; "
+            f"valid backends: {_valid()}"
+        )
+    return select(describe(), validate_name(backend))[0]
 
 
 def get_backend(op: str, name: str) -> type[Backend]:
-    """The class implementing ``op`` in backend ``name``."""
+    """The class implementing ``op`` in backend ``name`` (any case)."""
     _load_backends()
-    validate_name(name)
-    return _BACKENDS[(op, name)]
+    return _BACKENDS[(op, validate_name(name))]
 
 
 def backends_for(op: str) -> list[type[Backend]]:
@@ -89,6 +148,7 @@ def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[
     Raises :class:`BackendUnsupportedError` when the requested backend (or, for ``auto``, every
     backend) cannot serve the call.
     """
+    requested = validate_name(requested)
     names = (PRIORITY_COMPILED if call.compiling else PRIORITY)[call.op] if requested == AUTO else (requested,)
     skipped: dict[str, list[str]] = {}
     for name in names:

@@ -67,13 +67,14 @@ class SdpaHypergraph(HypergraphBackend):
 
     @classmethod
     def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
-        logits = hyperedge_logits(xp, prototypes, scale).float()  # (B, N, M): small, so fp32 costs little
+        # (B, N, M) logits for the lse: small, so fp32 costs little (float64 inputs keep float64)
+        logits = hyperedge_logits(xp, prototypes, scale).to(torch.promote_types(x.dtype, torch.float32))
         bias = None
         if dropout_mask is not None:  # softmax(l * mask) == softmax(l + l * (mask - 1))
             bias = (logits * (dropout_mask - 1)).transpose(1, 2).unsqueeze(1).to(x.dtype)
             logits = logits * dropout_mask
         q, k, v = (t.unsqueeze(1).contiguous() for t in (prototypes, xp, x))  # x is a strided token view
         he = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-        return he.squeeze(1), torch.logsumexp(logits, dim=1).float()
+        return he.squeeze(1), torch.logsumexp(logits, dim=1)
 
     scatter = NaiveHypergraph.scatter

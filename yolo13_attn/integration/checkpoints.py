@@ -11,11 +11,20 @@ keep their class. ``copy.deepcopy`` takes the same path, so it preserves the cla
 The head of a YOLOv13 model is :class:`~yolo13_attn.nn.YOLOv13Detect`, pickled as stock ``Detect``;
 ``DetectionModel.__setstate__`` is wrapped to give a loaded (or deep-copied) YOLOv13 model that head
 again, and to bind it to a patch while a patched trainer validates its own checkpoint.
+
+A checkpoint we save also says what it needs: before the first object of each name stock
+Ultralytics lacks, the pickle checks that the name exists. Stock Ultralytics without
+``import yolo13_attn`` then fails with a ``KeyError`` whose message says to ``import yolo13_attn``
+(instead of pickle's ``Can't get attribute 'DSC3k2'``), while the official YOLOv13 code, which has
+those classes, passes the check and loads the file as before. Official checkpoints carry no such
+check (we cannot change them): without the import they fail with pickle's message.
 """
 
 from __future__ import annotations
 
 import copyreg
+import importlib
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -85,9 +94,51 @@ def qualified_name(cls: type[nn.Module]) -> str:
     return f"{pickled.__module__}.{pickled.__name__}"
 
 
+class _Call:
+    """Pickles as ``fn(*args)``: unpickling calls ``fn`` (a stdlib function every loader has)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple:
+        return self.fn, self.args
+
+
+class NameCheckingReconstructor:
+    """``copyreg._reconstructor`` for ``module.Name``, which pickles as "check that ``module.Name`` exists,
+    then ``copyreg._reconstructor``".
+
+    Copies call it directly. In a pickle it is written before the class it rebuilds, as
+    ``getitem(({getattr(module, Name, None): 0}[getattr(module, Name, message)], _reconstructor), 1)``:
+    where ``module.Name`` exists (our import, or the official YOLOv13 code) the lookup succeeds and the
+    result is ``copyreg._reconstructor``; where it does not, the lookup raises ``KeyError(message)``.
+    """
+
+    def __init__(self, cls: type[nn.Module]):
+        self.module, self.name = cls.__module__, cls.__name__
+
+    def __call__(self, cls: type, base: type, state: object) -> object:
+        return copyreg._reconstructor(cls, base, state)
+
+    def __reduce__(self) -> tuple:
+        message = (
+            f"{self.module}.{self.name} is a YOLOv13 layer that stock Ultralytics lacks: run `import yolo13_attn` "
+            "(the yolo13-attn library) before loading this checkpoint"
+        )
+        module = _Call(importlib.import_module, self.module)
+        present = _Call(getattr, module, self.name, None)
+        check = _Call(operator.getitem, {present: 0}, _Call(getattr, module, self.name, message))
+        return operator.getitem, ((check, copyreg._reconstructor), 1)
+
+
+#: one per registered class, so a pickle writes each check once (pickle memoizes the object)
+_RECONSTRUCTORS: dict[type[nn.Module], NameCheckingReconstructor] = {}
+
+
 def reduce_as(cls: type[nn.Module], state: dict[str, Any]) -> tuple:
-    """A pickle reduction that rebuilds an object of ``cls`` (by qualified name) from ``state``."""
-    return (copyreg._reconstructor, (cls, object, None), state)
+    """A pickle reduction that rebuilds an object of ``cls`` (by qualified name) from ``state``; for a
+    name stock Ultralytics lacks, the pickle first checks that the name exists."""
+    return (_RECONSTRUCTORS.get(cls, copyreg._reconstructor), (cls, object, None), state)
 
 
 def _reduce_as_stock(self: nn.Module, protocol: int) -> tuple:
@@ -141,6 +192,8 @@ def install() -> None:
                 )
             cls.__module__ = module.__name__
             setattr(module, cls.__name__, cls)
+            _RECONSTRUCTORS[cls] = NameCheckingReconstructor(cls)
+            cls.__reduce_ex__ = _reduce_as_stock
     for ours in _HEADS:
         ours.__reduce_ex__ = _reduce_as_stock
     if not getattr(tasks.DetectionModel.__setstate__, "__yolo13_attn_wrapped__", False):

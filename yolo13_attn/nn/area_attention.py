@@ -47,7 +47,7 @@ class AAttn(AreaAttentionLayer, nn.Module):
         v = self.v(x)
         q, k = qk.chunk(2, dim=1)
         q, k, vh = (heads_view(t, self.num_heads) for t in (q, k, v))
-        out = area_attention(q, k, vh, self.area, backend=self.area_backend(q, k, vh), layer=self)
+        out = area_attention(q, k, vh, self.area, layout="bhdn", backend=self.area_backend(q, k, vh), layer=self)
         return self.proj(out.view(b, -1, h, w) + self.pe(v))
 
 

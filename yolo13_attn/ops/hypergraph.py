@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..backends.base import HypergraphBackend, OpCall
-from ..backends.registry import AUTO, select
-from .checks import LayerRef, check_hypergraph_inputs, check_scatter_inputs
+from ..backends.base import HYPERGRAPH, HypergraphBackend, OpCall
+from ..backends.registry import AUTO, resolve
+from .checks import LayerRef, check_hypergraph_inputs, check_scale, check_scatter_inputs
 
 
 def resolve_hypergraph_backend(
-    x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None, backend: str | type[HypergraphBackend]
+    x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None, backend: object
 ) -> type[HypergraphBackend]:
-    """The backend class that serves this call (``backend`` may already be one)."""
-    if isinstance(backend, str):
-        return select(OpCall.for_hypergraph(x, xp, prototypes, dropout_mask), backend)[0]  # type: ignore[return-value]
-    return backend
+    """The backend class that serves this call (``backend`` may already be one); TypeError/ValueError for
+    anything that is not a backend name or class."""
+    return resolve(backend, HYPERGRAPH, lambda: OpCall.for_hypergraph(x, xp, prototypes, dropout_mask))  # type: ignore[return-value]
 
 
 def hypergraph_aggregate(
@@ -37,17 +36,22 @@ def hypergraph_aggregate(
     """Vertex -> hyperedge aggregation.
 
     Args:
-        x: ``(B, N, D)`` vertex features (values), any strides.
+        x: ``(B, N, D)`` vertex features (values), token-major, any strides.
         xp: ``(B, N, D)`` projected vertex features (keys).
         prototypes: ``(B, M, D)`` hyperedge prototypes (queries).
-        scale: logit scale, ``1 / (num_heads * sqrt(D // num_heads))``.
+        scale: logit scale (finite, > 0), ``1 / (num_heads * sqrt(D // num_heads))``.
         dropout_mask: ``(B, N, M)`` multiplicative logit mask (training) or None.
         layer: names the layer in errors (a name, or a module with ``layer_label()``).
 
+    x, xp, prototypes and the mask share one dtype and device (inside ``torch.autocast`` they are cast
+    to the autocast dtype first). N = 0 is valid: ``he`` is 0 and ``lse`` is -inf, as the reference gives.
+
     Returns:
-        ``he (B, M, D)`` and ``lse (B, M)`` float32 (log-sum-exp of the logits over N).
+        ``he (B, M, D)`` in the inputs' dtype and ``lse (B, M)``, the log-sum-exp of the logits over N:
+        float32 for half and float32 inputs, float64 for float64 inputs.
     """
-    check_hypergraph_inputs(x, xp, prototypes, dropout_mask, layer)
+    x, xp, prototypes, dropout_mask = check_hypergraph_inputs(x, xp, prototypes, dropout_mask, layer)
+    scale = check_scale(scale, layer)
     impl = resolve_hypergraph_backend(x, xp, prototypes, dropout_mask, backend)
     return impl.aggregate(x, xp, prototypes, scale, dropout_mask)
 
@@ -67,12 +71,13 @@ def hypergraph_scatter(
 
     Args:
         xp, prototypes, scale, dropout_mask: as for :func:`hypergraph_aggregate`.
-        lse: ``(B, M)`` from :func:`hypergraph_aggregate`.
-        he: ``(B, M, D)`` hyperedge features (after ``edge_proj``).
+        lse: ``(B, M)`` from :func:`hypergraph_aggregate` (float32, or float64 for float64 inputs).
+        he: ``(B, M, D)`` hyperedge features (after ``edge_proj``), the dtype of xp and prototypes.
 
     Returns:
-        ``(B, N, D)``.
+        ``(B, N, D)`` in the inputs' dtype.
     """
-    check_scatter_inputs(xp, prototypes, lse, he, dropout_mask, layer)
+    xp, prototypes, lse, he, dropout_mask = check_scatter_inputs(xp, prototypes, lse, he, dropout_mask, layer)
+    scale = check_scale(scale, layer)
     impl = resolve_hypergraph_backend(xp, xp, prototypes, dropout_mask, backend)
     return impl.scatter(xp, prototypes, lse, he, scale, dropout_mask)

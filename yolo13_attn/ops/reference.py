@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 __all__ = [
@@ -35,14 +34,14 @@ __all__ = [
 
 
 def to_area_tokens(t: Tensor, area: int) -> Tensor:
-    """``(B, h, d, N)`` -> ``(B, area, h, N // area, d)`` (a view where strides allow)."""
-    return rearrange(t, "b h d (a n) -> b a h n d", a=area)
+    """``(B, h, d, N)`` -> ``(B, area, h, N // area, d)``, a view (``area`` a validated int dividing N)."""
+    return t.unflatten(3, (area, t.shape[3] // area)).permute(0, 3, 1, 4, 2)
 
 
 def from_area_tokens(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """``(B, area, h, n, d)`` -> ``(B, h, d, area * n)``, contiguous (cast to ``dtype`` in the same
     copy): the inverse of :func:`to_area_tokens`."""
-    return contiguous_as(rearrange(t, "b a h n d -> b h d (a n)"), dtype or t.dtype)
+    return contiguous_as(t.permute(0, 2, 4, 1, 3), dtype or t.dtype).flatten(3)
 
 
 def contiguous_as(t: Tensor, dtype: torch.dtype) -> Tensor:

@@ -104,10 +104,11 @@ def target_programs(device: torch.device, waves: float) -> int:
 
 
 def _split(n: int, batch: int, block_n: int, device: torch.device, waves: float) -> int:
-    """Tokens per split: a multiple of ``block_n`` such that ``batch * splits`` ~ ``target_programs``."""
+    """Tokens per split: a multiple of ``block_n`` such that ``batch * splits`` ~ ``target_programs``
+    (at least ``block_n``, also for empty inputs: callers divide by it)."""
     blocks = -(-n // block_n)
-    splits = max(1, min(blocks, -(-target_programs(device, waves) // batch)))
-    return -(-blocks // splits) * block_n
+    splits = max(1, min(blocks, -(-target_programs(device, waves) // max(batch, 1))))
+    return max(1, -(-blocks // splits)) * block_n
 
 
 def hypergraph_aggregate_config(batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device) -> HypergraphConfig:

@@ -44,8 +44,8 @@ def aggregate_forward(x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, d
     lse = torch.empty((b, m), dtype=torch.float32, device=x.device) if lse is None else lse
     if b * m * d == 0:
         return he, lse
-    if n == 0:  # empty softmax: lse = -inf, he = 0/0, as torch.logsumexp / the reference give
-        return he.fill_(float("nan")), lse.fill_(float("-inf"))
+    if n == 0:  # no vertices: lse = -inf (torch.logsumexp of nothing) and he = 0 (a sum of nothing), as the reference
+        return he.zero_(), lse.fill_(float("-inf"))
     cfg = with_overrides(hypergraph_aggregate_config(b, n, m, d, x.dtype, x.device), config)
     splits = -(-n // cfg.tokens_per_split)
     workspace = None
@@ -102,8 +102,9 @@ def aggregate_backward(dhe: Tensor, dlse: Tensor | None, x: Tensor, xp: Tensor, 
                 xp_c, p_c, _lse32(lse), dropout_mask, dhe, he, None if dlse is None else _lse32(dlse), x,
                 dxp_c, dx, dp_part, None, None, scale, aggregate=True, **cfg.launch_kwargs(),
             )
-    else:
-        dp_part.zero_()
+    else:  # nothing to launch (B, N, M or D is 0): every gradient is a sum of nothing
+        for t in (dx, dxp_c, dp_part):
+            t.zero_()
     if dxp is not None and dxp is not dxp_c:
         dxp.copy_(dxp_c)
         dxp_c = dxp
@@ -132,8 +133,8 @@ def scatter_backward(dxn: Tensor, xp: Tensor, prototypes: Tensor, lse: Tensor, h
                 xp_c, p_c, _lse32(lse), dropout_mask, he, None, None, dxn,
                 dxp_c, None, dp_part, dhe_part, dlse_part, scale, aggregate=False, **cfg.launch_kwargs(),
             )
-    else:
-        for t in (dp_part, dhe_part, dlse_part):
+    else:  # nothing to launch (B, N, M or D is 0): every gradient is a sum of nothing
+        for t in (dxp_c, dp_part, dhe_part, dlse_part):
             t.zero_()
     if dxp is not None and dxp is not dxp_c:
         dxp.copy_(dxp_c)
