@@ -1,35 +1,19 @@
 #!/usr/bin/env python3
-"""Kernel sweep: every available backend x op x YOLOv13 shape x batch x dtype (issue 6).
+"""Kernel sweep: every available backend x op x YOLOv13 shape x batch x dtype.
 
-Ops (``--ops``):
+Ops (``--ops``): ``area_core`` (``yolo13_attn.area_attention`` on the channel-major ``(B, heads,
+32, N)`` views ``AAttn`` passes), ``area_layer`` (an ``AAttn`` forward, BN fused, eval),
+``hg_core`` (``hypergraph_aggregate`` + ``hypergraph_scatter``), ``hg_layer`` (an
+``AdaHGComputation`` forward). ``naive`` is the reference math (for layers: the unpatched layer).
+Shapes: ``AAttn`` at P4 and P5 and ``AdaHGComputation`` at P4 of YOLOv13 n/s/l/x, for 640x640,
+320x256 and 1280x1280 images.
 
-* ``area_core``  - ``yolo13_attn.area_attention(q, k, v, area, layout="bhdn", backend=...)`` on ready
-  ``(B, heads, 32, N)`` channel-major views of conv outputs (q, k: halves of one ``(B, 2C, H, W)``
-  tensor, v: a ``(B, C, H, W)`` tensor), exactly what ``AAttn`` hands the op.
-* ``area_layer`` - a ``yolo13_attn.nn.AAttn`` forward (BN fused into the convs, eval), unpatched
-  for ``naive``, ``yolo13_attn.patch(layer, backend)`` otherwise.
-* ``hg_core``    - ``hypergraph_aggregate`` + ``hypergraph_scatter`` on x ``(B, N, D)`` (a
-  transposed view of a ``(B, D, H, W)`` map, as ``AdaHGComputation`` passes it), xp ``(B, N, D)``,
-  prototypes ``(B, M, D)``.
-* ``hg_layer``   - a ``yolo13_attn.nn.AdaHGComputation`` forward (eval), patched per backend.
-
-Shapes (``--scales``, ``--images``): AAttn P4 (H/16 x W/16, area 4, C = 64/128/256/384, heads C/32),
-AAttn P5 (H/32 x W/32, area 1, C = 128/256/256/384), AdaHGComputation at P4 (D = 64/128/256/384,
-M = 4/8/8/12, num_heads D/16), for images 640x640, 320x256 and 1280x1280 (H x W). Shapes shared by
-two scales (P5 of s and l) are run once and labelled ``s,l``.
-
-Every configuration is checked before it is timed: its output against a float64 reference with
-``yolo13_attn.testing.flash_rule`` (max error <= 2x that of plain PyTorch in the same dtype +
-slack; for layers the same-dtype baseline is the unpatched layer). A failing configuration is
-still timed but reported as ``check-failed`` and never counts as a valid result.
-
-Timing on GPU: CUDA-graph replay (one graph holds many calls rotating over several input sets
-whose total exceeds L2 where memory allows), median and p20/p80 over ~15 samples; ``do_bench`` when
-capture fails. On CPU: ``time.perf_counter`` medians. Byte and FLOP formulas: see ``bench/README.md``
-and the ``bytes_flops`` methods below.
-
-Without a GPU (or with ``--cpu``) the default is a small, clearly labelled CPU smoke sweep (scale n,
-320x256, batch 1, fp32) into ``bench/results/cpu/``.
+Every configuration is checked before it is timed: its output against float64 with
+``yolo13_attn.testing.flash_rule``. A failing one is timed but reported ``check-failed``, never as
+a valid result. GPU timing: CUDA-graph replay over rotated input sets larger than L2
+(``bench/timing.py``); floors from peaks measured on the GPU (``bench/peaks.py``). Without a GPU
+(or with ``--cpu``): a small, labelled CPU smoke sweep into ``bench/results/cpu/``. Details:
+``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -44,32 +28,57 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import _common as C
+import outputs as O
+import torch
+from plots import Panel, speedup_figure
+from timing import input_sets, measure_peak, time_calls
+
+import yolo13_attn
+from yolo13_attn.nn import AAttn, AdaHGComputation
+from yolo13_attn.nn.area_attention import heads_view
+from yolo13_attn.ops import area_attention_reference, hypergraph_scale
+from yolo13_attn.ops import hypergraph_aggregate_reference as aggregate_reference
+from yolo13_attn.ops import hypergraph_scatter_reference as scatter_reference
+from yolo13_attn.testing import baseline_dtype, flash_rule, randomize_weights
 
 OPS = ("area_core", "area_layer", "hg_core", "hg_layer")
 SCALES = ("n", "s", "l", "x")
-#: scale -> (AAttn P4 channels, AAttn P5 channels, AdaHGComputation D, M)  (shared/yolov13-spec.md)
+#: scale -> (AAttn P4 channels, AAttn P5 channels, AdaHGComputation D, M), from the YOLOv13 model file
 SCALE_DIMS = {"n": (64, 128, 64, 4), "s": (128, 256, 128, 8), "l": (256, 256, 256, 8), "x": (384, 384, 384, 12)}
 IMAGES = {"640x640": (640, 640), "320x256": (320, 256), "1280x1280": (1280, 1280)}
 HEAD_DIM = 32
-BATCHES = (1, 8, 16)
-
-
-# ---- shapes ------------------------------------------------------------------------------------
+METRIC_ORDER = ("ms", "speedup_vs_naive", "speedup_vs_flash", "tbps", "tflops")
+METRIC_ORDER += ("floor_ms", "floor_frac", "bw_frac", "flop_frac", "peak_mem_mb")
+FORMULAS = {
+    "area_core": "bytes = (q + k + v + o) = 4*B*C*N*size; FLOPs = 4*B*heads*N*(N/area)*head_dim",
+    "area_layer": (
+        "bytes = compulsory traffic = x read + out written (2*B*C*N*size) + fused weights; "
+        "FLOPs = convs 2*B*N*C*(2C + C + C + 25) + attention 4*B*N*(N/area)*C"
+    ),
+    "hg_core": (
+        "bytes = aggregate (x, xp read; he, lse written) + scatter (xp read again, he, lse read, xn written) "
+        "= (4*B*N*D + 4*B*M*D)*size + 8*B*M; FLOPs = 8*B*N*M*D (logits + weighted sum, twice)"
+    ),
+    "hg_layer": (
+        "bytes = compulsory traffic = x read + out written (2*B*D*N*size) + weights; FLOPs = pre_head_proj + "
+        "node_proj 4*B*N*D^2 + context_net 4*B*M*D^2 + edge_proj 2*B*M*D^2 + core 8*B*N*M*D"
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Shape:
+    """One layer site: ``c`` = channels (area) or D (hypergraph); ``heads`` of the attention or of AdaHyperedgeGen."""
+
     family: str  # "area" | "hypergraph"
     site: str  # "P4" | "P5" | "HG"
     scales: tuple[str, ...]
     image: str
     h: int
     w: int
-    c: int  # channels (area) or D (hypergraph)
-    heads: int  # attention heads (area) or num_heads of AdaHyperedgeGen (hypergraph)
+    c: int
+    heads: int
     area: int = 1
     m: int = 0  # hyperedges
 
@@ -79,28 +88,35 @@ class Shape:
 
     @property
     def label(self) -> str:
-        who = ",".join(self.scales)
-        if self.family == "area":
-            return f"{who} {self.site} {self.image}: C{self.c} h{self.heads} a{self.area} {self.h}x{self.w}"
-        return f"{who} {self.site} {self.image}: D{self.c} M{self.m} h{self.heads} {self.h}x{self.w}"
+        dims = (
+            f"C{self.c} h{self.heads} a{self.area}" if self.family == "area" else f"D{self.c} M{self.m} h{self.heads}"
+        )
+        return f"{','.join(self.scales)} {self.site} {self.image}: {dims} {self.h}x{self.w}"
 
     def as_dict(self) -> dict:
-        return {"family": self.family, "site": self.site, "scales": list(self.scales), "image": self.image, "h": self.h,
-                "w": self.w, "N": self.n, "C_or_D": self.c, "heads": self.heads, "area": self.area, "M": self.m}
+        keys = ("family", "site", "image", "h", "w", "heads", "area")
+        return {k: getattr(self, k) for k in keys} | {
+            "scales": list(self.scales),
+            "N": self.n,
+            "C_or_D": self.c,
+            "M": self.m,
+        }
 
 
-def shapes_for(family: str, image: str, scales: list[str]) -> list[Shape]:
+def shapes_for(op: str, image: str, scales: list[str]) -> list[Shape]:
+    """The op's sites for ``image``; a site shared by two scales (P5 of s and l) once, labelled ``s,l``."""
     ih, iw = IMAGES[image]
     merged: dict[tuple, list[str]] = {}
     for s in scales:
         p4, p5, d, m = SCALE_DIMS[s]
-        if family == "area":
-            keys = [("P4", ih // 16, iw // 16, p4, p4 // HEAD_DIM, 4, 0), ("P5", ih // 32, iw // 32, p5, p5 // HEAD_DIM, 1, 0)]
+        if op.startswith("area"):
+            keys = [("area", "P4", ih // 16, iw // 16, p4, p4 // HEAD_DIM, 4, 0)]
+            keys.append(("area", "P5", ih // 32, iw // 32, p5, p5 // HEAD_DIM, 1, 0))
         else:
-            keys = [("HG", ih // 16, iw // 16, d, d // 16, 1, m)]
+            keys = [("hypergraph", "HG", ih // 16, iw // 16, d, d // 16, 1, m)]
         for key in keys:
             merged.setdefault(key, []).append(s)
-    out = [Shape(family, site, tuple(who), image, h, w, c, heads, area, m) for (site, h, w, c, heads, area, m), who in merged.items()]
+    out = [Shape(fam, site, tuple(who), image, *rest) for (fam, site, *rest), who in merged.items()]
     return sorted(out, key=lambda s: (s.site, SCALES.index(s.scales[0])))
 
 
@@ -111,11 +127,8 @@ class Unsupported(Exception):
     """The backend declines this configuration (reasons in the message)."""
 
 
-def _randn(shape, dtype, device, gen, scale=1.0):
-    return (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * scale).to(dtype)
-
-
 def _batch_chunks(batch: int, per_item_bytes: float, limit: float = 1e9) -> list[slice]:
+    """Slices of the batch whose float64 reference intermediates stay under ``limit`` bytes."""
     step = max(1, int(limit // max(per_item_bytes, 1.0)))
     return [slice(i, min(batch, i + step)) for i in range(0, batch, step)]
 
@@ -133,770 +146,545 @@ def fuse_bn(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def patched(layer: torch.nn.Module, backend: str):
+    """``(handle or None, "backend: kernel (compute dtype)", compute dtypes)``; ``naive`` leaves the layer unpatched."""
+    if backend == "naive":
+        return None, "unpatched layer (reference math)", set()
+    try:
+        handle = yolo13_attn.patch(layer, backend)
+    except yolo13_attn.BackendUnsupportedError as err:
+        raise Unsupported(str(err).split(" -- ", 1)[-1]) from None
+    return handle, "; ".join(sorted(set(C.served_by(handle).values()))), C.report_compute_dtypes(handle)
+
+
 @dataclass
 class Runner:
     calls: list
     kernel: str
     close: object = None
-    compute_dtype: torch.dtype | None = None  #: what the backend computes in (flash: fp16 for fp32 inputs)
+    compute_dtypes: frozenset = frozenset()  #: what the backend computes in (flash: fp16 for fp32 inputs)
 
 
 class Group:
-    """One (op, shape, batch, dtype): input sets, references, and a runner per backend."""
+    """One (op, shape, batch, dtype): input sets (``sets``), float64 references, a runner per backend."""
 
     op = ""
 
-    def __init__(self, shape: Shape, batch: int, dtype: torch.dtype, device: str, seed: int, cpu_mode: bool):
+    def __init__(self, shape: Shape, batch: int, dtype: torch.dtype, device: str, seed: int, l2_bytes: float | None):
         self.shape, self.batch, self.dtype, self.device = shape, batch, dtype, device
         self.esize = torch.finfo(dtype).bits // 8
         self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.cpu_mode = cpu_mode
+        self.l2_bytes = l2_bytes
         self._baselines: dict = {}
 
+    def randn(self, *shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(shape, generator=self.gen, device=self.device) * scale).to(self.dtype)
+
     def n_sets(self, bytes_per_set: float) -> int:
-        if self.cpu_mode or self.device != "cuda":
-            return 2
-        return C.input_sets(bytes_per_set, max_sets=64)
+        """Input sets to rotate over: together larger than L2 on a GPU, two on CPU."""
+        return input_sets(bytes_per_set, self.l2_bytes) if self.l2_bytes else 2
 
-    def runner(self, backend: str) -> Runner:
-        raise NotImplementedError
+    def build_layer(self) -> torch.nn.Module:
+        """The family's layer at this shape: seeded weights, BN fused, eval, float32 on the device."""
+        s = self.shape
+        torch.manual_seed(1000 + s.c)
+        layer = AAttn(s.c, s.heads, s.area) if s.family == "area" else AdaHGComputation(s.c, s.m, s.heads, 0.1, "both")
+        return fuse_bn(randomize_weights(layer, seed=s.c)).eval().to(self.device)
 
-    def check(self, out, runner: Runner):
-        """``[(output name, ErrorReport)]`` of ``out`` (set 0) under the flash rule."""
-        raise NotImplementedError
-
-    def baseline_dtype(self, runner: Runner) -> torch.dtype:
-        """The plain-PyTorch baseline's dtype (``yolo13_attn.testing.baseline_dtype``)."""
-        from yolo13_attn.testing import baseline_dtype
-
-        return baseline_dtype(self.dtype, *filter(None, [runner.compute_dtype]))
-
-    def baseline(self, dtype: torch.dtype):
+    def baseline(self, runner: Runner | None = None):
+        """Plain PyTorch's output in the baseline dtype (that of the input, or the backend's if less precise)."""
+        dtype = baseline_dtype(self.dtype, *(runner.compute_dtypes if runner else ()))
         if dtype not in self._baselines:
             with torch.no_grad():
-                self._baselines[dtype] = self._compute_baseline(dtype)
+                self._baselines[dtype] = self.compute_baseline(dtype)
         return self._baselines[dtype]
 
-    def bytes_flops(self) -> tuple[float, float, str]:
-        raise NotImplementedError
+    def runner(self, backend: str) -> Runner:
+        """Core ops: the kernel planned for the family's layer at this shape and dtype (patched, then undone)."""
+        handle, kernel, compute = patched(self.build_layer().to(self.dtype), backend)
+        if handle is not None:
+            handle.undo()
+        return Runner([lambda s=s: self.call(backend, *s) for s in self.sets], kernel, None, frozenset(compute))
 
-    def rotated_bytes(self) -> float:
-        return self.sets_bytes
-
-
-def _report_of(handle) -> str:
-    rows = handle.report()
-    return "; ".join(sorted({f"{r.backend}: {r.kernel} ({r.compute_dtype})" for r in rows}))
+    def check(self, out, runner: Runner) -> list[tuple]:
+        """``[(output name, ErrorReport)]`` of ``out`` (set 0) under the flash rule."""
+        outs, refs, bases = (x if isinstance(x, tuple) else (x,) for x in (out, self.ref64, self.baseline(runner)))
+        return [(name, flash_rule(o, r, b)) for name, o, r, b in zip(self.outputs, outs, refs, bases, strict=True)]
 
 
 class AreaCore(Group):
-    op = "area_core"
+    op, outputs = "area_core", ("out",)
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        from yolo13_attn.nn.area_attention import heads_view
-
         s, b = self.shape, self.batch
-        set_bytes = 4 * b * s.c * s.n * self.esize
         self.sets = []
-        for _ in range(self.n_sets(set_bytes)):
-            qk = _randn((b, 2 * s.c, s.h, s.w), self.dtype, self.device, self.gen)
-            v = _randn((b, s.c, s.h, s.w), self.dtype, self.device, self.gen)
-            q, k = qk.chunk(2, dim=1)
-            self.sets.append(tuple(heads_view(t, s.heads) for t in (q, k, v)))
-        self.sets_bytes = len(self.sets) * 3 * b * s.c * s.n * self.esize
-        self._references()
+        for _ in range(self.n_sets(4 * b * s.c * s.n * self.esize)):
+            q, k = self.randn(b, 2 * s.c, s.h, s.w).chunk(2, dim=1)  # as AAttn: halves of the qk conv's output
+            self.sets.append(tuple(heads_view(t, s.heads) for t in (q, k, self.randn(b, s.c, s.h, s.w))))
+        self.rotated_bytes = len(self.sets) * 3 * b * s.c * s.n * self.esize
+        self.ref64 = self.compute_baseline(torch.float64)
 
-    def _references(self):
-        from yolo13_attn.ops.reference import area_attention_reference
-
+    def compute_baseline(self, dtype):
+        """The reference math (matmul + softmax) computing in ``dtype`` (float64: from float64 inputs), in batch chunks."""
         s = self.shape
-        q, k, v = self.sets[0]
-        per_item = s.heads * s.n * (s.n // s.area) * 8 * 2
-        self.ref64 = torch.cat([area_attention_reference(q[sl].double(), k[sl].double(), v[sl].double(), s.area)
-                                for sl in _batch_chunks(self.batch, per_item)])
+        q, k, v = (t.double() for t in self.sets[0]) if dtype == torch.float64 else self.sets[0]
+        chunks = _batch_chunks(self.batch, s.heads * s.n * (s.n // s.area) * 8 * 3)
+        return torch.cat([area_attention_reference(q[i], k[i], v[i], s.area, compute_dtype=dtype) for i in chunks])
 
-    def _compute_baseline(self, dtype):
-        """Plain PyTorch (matmul + softmax) computing in ``dtype``, result in the input dtype."""
-        from yolo13_attn.ops.reference import area_attention_reference
+    def call(self, backend, q, k, v):
+        return yolo13_attn.area_attention(q, k, v, self.shape.area, layout="bhdn", backend=backend)
 
-        s = self.shape
-        q, k, v = self.sets[0]
-        per_item = s.heads * s.n * (s.n // s.area) * 4 * 3
-        return torch.cat([area_attention_reference(q[sl], k[sl], v[sl], s.area, compute_dtype=dtype)
-                          for sl in _batch_chunks(self.batch, per_item)])
-
-    def runner(self, backend):
-        import yolo13_attn
-        from yolo13_attn.backends import BackendUnsupportedError
-        from yolo13_attn.backends.base import OpCall
-        from yolo13_attn.ops.area_attention import resolve_area_backend
-
-        q, k, v = self.sets[0]
-        try:
-            cls = resolve_area_backend(q, k, v, backend)
-        except BackendUnsupportedError as err:
-            raise Unsupported(str(err).split(" -- ", 1)[-1]) from None
-        area = self.shape.area
-        calls = [lambda q=q, k=k, v=v: yolo13_attn.area_attention(q, k, v, area, layout="bhdn", backend=backend) for q, k, v in self.sets]
-        plan = cls.plan(OpCall.for_area(q, k, v))
-        return Runner(calls, plan.kernel, compute_dtype=plan.compute_dtype)
-
-    def check(self, out, runner):
-        from yolo13_attn.testing import flash_rule
-
-        return [("o", flash_rule(out, self.ref64, self.baseline(self.baseline_dtype(runner))))]
-
-    def bytes_flops(self):
+    def bytes_flops(self) -> tuple[float, float]:
         s, b = self.shape, self.batch
-        byts = 4 * b * s.c * s.n * self.esize
-        flops = 4 * b * s.n * (s.n // s.area) * s.c  # = 4 * B * heads * N * (N / area) * head_dim
-        return byts, flops, "bytes = (q + k + v + o) = 4*B*C*N*size; FLOPs = 4*B*heads*N*(N/area)*head_dim"
-
-
-class _LayerGroup(Group):
-    """Shared by the two layer ops: a seeded module, its float64 twin, input maps x (B, C, H, W)."""
-
-    def _build(self) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        from yolo13_attn.testing import randomize_weights
-
-        s, b = self.shape, self.batch
-        torch.manual_seed(1000 + s.c)
-        layer = fuse_bn(randomize_weights(self._build(), seed=s.c)).eval()
-        self.params = sum(p.numel() for p in layer.parameters())
-        self.layer64 = copy.deepcopy(layer).to(self.device, torch.float64)
-        self.layer = layer.to(self.device, self.dtype)
-        set_bytes = 2 * b * s.c * s.n * self.esize
-        self.sets = [_randn((b, s.c, s.h, s.w), self.dtype, self.device, self.gen) for _ in range(self.n_sets(set_bytes))]
-        self.sets_bytes = len(self.sets) * b * s.c * s.n * self.esize
-        x = self.sets[0]
-        self.ref64 = torch.cat([self.layer64(x[sl].double()) for sl in _batch_chunks(b, self._scores_bytes_per_item())])
-        self.baseline(self.dtype)  # now, while self.layer is unpatched
-
-    def _compute_baseline(self, dtype):
-        """The unpatched layer computing in ``dtype`` (a copy when that is not the input dtype)."""
-        layer = self.layer if dtype == self.dtype else copy.deepcopy(self.layer64).to(dtype)
-        x = self.sets[0]
-        return torch.cat([layer(x[sl].to(dtype)).to(self.dtype) for sl in _batch_chunks(self.batch, self._scores_bytes_per_item())])
-
-    def _scores_bytes_per_item(self) -> float:
-        return 0.0
-
-    def runner(self, backend):
-        import yolo13_attn
-        from yolo13_attn.backends import BackendUnsupportedError
-
-        layer = self.layer
-        calls = [lambda x=x: layer(x) for x in self.sets]
-        if backend == "naive":
-            return Runner(calls, "unpatched layer (reference math)")
-        try:
-            handle = yolo13_attn.patch(layer, backend)
-        except BackendUnsupportedError as err:
-            raise Unsupported(str(err).split(" -- ", 1)[-1]) from None
-        from yolo13_attn.testing import baseline_dtype
-
-        compute = C.report_compute_dtypes(handle)
-        return Runner(calls, _report_of(handle), handle.undo, baseline_dtype(*compute) if compute else None)
-
-    def check(self, out, runner):
-        from yolo13_attn.testing import flash_rule
-
-        return [("out", flash_rule(out, self.ref64, self.baseline(self.baseline_dtype(runner))))]
-
-
-class AreaLayer(_LayerGroup):
-    op = "area_layer"
-
-    def _build(self):
-        from yolo13_attn.nn import AAttn
-
-        return AAttn(self.shape.c, self.shape.heads, self.shape.area)
-
-    def _scores_bytes_per_item(self):
-        s = self.shape
-        return s.heads * s.n * (s.n // s.area) * 8 * 3
-
-    def bytes_flops(self):
-        s, b = self.shape, self.batch
-        n, c = s.n, s.c
-        byts = 2 * b * c * n * self.esize + self.params * self.esize
-        flops = 2 * b * n * c * (4 * c + 25) + 4 * b * n * (n // s.area) * c
-        return byts, flops, ("bytes = compulsory traffic = x read + out written (2*B*C*N*size) + fused weights; "
-                             "FLOPs = convs 2*B*N*C*(2C + C + C + 25) + attention 4*B*N*(N/area)*C")
+        return 4 * b * s.c * s.n * self.esize, 4 * b * s.n * (s.n // s.area) * s.c
 
 
 class HgCore(Group):
-    op = "hg_core"
+    op, outputs = "hg_core", ("he", "xn")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        from yolo13_attn.ops.reference import hypergraph_scale
-
         s, b = self.shape, self.batch
         d, m, n = s.c, s.m, s.n
         self.scale = hypergraph_scale(d, s.heads)
-        # prototypes scaled so that the logits have std ~2 (a peaked, not uniform, softmax over N)
-        p_std = 2.0 / (self.scale * math.sqrt(d))
-        set_bytes = (4 * b * n * d + 4 * b * m * d) * self.esize
+        p_std = 2.0 / (self.scale * math.sqrt(d))  # prototypes giving logits of std ~2: a peaked softmax over N
         self.sets = []
-        for _ in range(self.n_sets(set_bytes)):
-            x = _randn((b, d, s.h, s.w), self.dtype, self.device, self.gen).flatten(2).transpose(1, 2)
-            xp = _randn((b, n, d), self.dtype, self.device, self.gen)
-            protos = _randn((b, m, d), self.dtype, self.device, self.gen, p_std)
-            self.sets.append((x, xp, protos))
-        self.sets_bytes = len(self.sets) * (2 * b * n * d + b * m * d) * self.esize
-        from yolo13_attn.ops.reference import hypergraph_aggregate_reference as agg, hypergraph_scatter_reference as sca
+        for _ in range(self.n_sets((4 * b * n * d + 4 * b * m * d) * self.esize)):
+            x = self.randn(b, d, s.h, s.w).flatten(2).transpose(1, 2)  # a transposed view, as AdaHGComputation passes
+            self.sets.append((x, self.randn(b, n, d), self.randn(b, m, d, scale=p_std)))
+        self.rotated_bytes = len(self.sets) * (2 * b * n * d + b * m * d) * self.esize
+        self.ref64 = self.compute_baseline(torch.float64)
 
-        x, xp, protos = self.sets[0]
-        x64, xp64, p64 = x.double(), xp.double(), protos.double()
-        he64, lse64 = agg(x64, xp64, p64, self.scale)
-        self.ref64 = (he64, sca(xp64, p64, lse64, he64, self.scale))
+    def compute_baseline(self, dtype):
+        x, xp, protos = (t.double() for t in self.sets[0]) if dtype == torch.float64 else self.sets[0]
+        he, lse = aggregate_reference(x, xp, protos, self.scale, compute_dtype=dtype)
+        return he, scatter_reference(xp, protos, lse, he, self.scale, compute_dtype=dtype)
 
-    def _compute_baseline(self, dtype):
-        from yolo13_attn.ops.reference import hypergraph_aggregate_reference as agg, hypergraph_scatter_reference as sca
+    def call(self, backend, x, xp, protos):
+        he, lse = yolo13_attn.hypergraph_aggregate(x, xp, protos, self.scale, backend=backend)
+        return he, yolo13_attn.hypergraph_scatter(xp, protos, lse, he, self.scale, backend=backend)
 
-        x, xp, protos = self.sets[0]
-        he, lse = agg(x, xp, protos, self.scale, compute_dtype=dtype)
-        return he, sca(xp, protos, lse, he, self.scale, compute_dtype=dtype)
+    def bytes_flops(self) -> tuple[float, float]:
+        s, b = self.shape, self.batch
+        return (4 * b * s.n * s.c + 4 * b * s.m * s.c) * self.esize + 8 * b * s.m, 8 * b * s.n * s.m * s.c
+
+
+class LayerGroup(Group):
+    """``area_layer`` / ``hg_layer``: the family's layer itself on input maps x ``(B, C, H, W)``."""
+
+    outputs = ("out",)
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        s, b = self.shape, self.batch
+        layer = self.build_layer()
+        self.params = sum(p.numel() for p in layer.parameters())
+        self.layer64 = copy.deepcopy(layer).double()
+        self.layer = layer.to(self.dtype)
+        self.sets = [self.randn(b, s.c, s.h, s.w) for _ in range(self.n_sets(2 * b * s.c * s.n * self.esize))]
+        self.rotated_bytes = len(self.sets) * b * s.c * s.n * self.esize
+        self.ref64 = self.compute_baseline(torch.float64)
+        self.baseline()  # now, while the layer is unpatched
+
+    def compute_baseline(self, dtype):
+        """The unpatched layer computing in ``dtype`` (a copy unless that is the input dtype), in chunks of the batch."""
+        s = self.shape
+        layer = self.layer if dtype == self.dtype else copy.deepcopy(self.layer64).to(dtype)
+        per_item = s.heads * s.n * (s.n // s.area) * 8 * 3 if s.family == "area" else 0.0  # float64 attention scores
+        out = torch.cat([layer(self.sets[0][i].to(dtype)) for i in _batch_chunks(self.batch, per_item)])
+        return out if dtype == torch.float64 else out.to(self.dtype)
 
     def runner(self, backend):
-        import yolo13_attn
-        from yolo13_attn.backends import BackendUnsupportedError
-        from yolo13_attn.backends.base import OpCall
-        from yolo13_attn.ops.hypergraph import resolve_hypergraph_backend
+        handle, kernel, compute = patched(self.layer, backend)
+        layer = self.layer
+        return Runner([lambda x=x: layer(x) for x in self.sets], kernel, handle and handle.undo, frozenset(compute))
 
-        x, xp, protos = self.sets[0]
-        try:
-            cls = resolve_hypergraph_backend(x, xp, protos, None, backend)
-        except BackendUnsupportedError as err:
-            raise Unsupported(str(err).split(" -- ", 1)[-1]) from None
-        scale = self.scale
-
-        def call(x, xp, protos):
-            he, lse = yolo13_attn.hypergraph_aggregate(x, xp, protos, scale, backend=backend)
-            return he, yolo13_attn.hypergraph_scatter(xp, protos, lse, he, scale, backend=backend)
-
-        calls = [lambda s=s: call(*s) for s in self.sets]
-        plan = cls.plan(OpCall.for_hypergraph(x, xp, protos, None))
-        return Runner(calls, plan.kernel, compute_dtype=plan.compute_dtype)
-
-    def check(self, out, runner):
-        from yolo13_attn.testing import flash_rule
-
-        baseline = self.baseline(self.baseline_dtype(runner))
-        return [(name, flash_rule(o, r, b)) for name, o, r, b in zip(("he", "xn"), out, self.ref64, baseline)]
-
-    def bytes_flops(self):
-        s, b = self.shape, self.batch
-        d, m, n = s.c, s.m, s.n
-        byts = (4 * b * n * d + 4 * b * m * d) * self.esize + 2 * b * m * 4
-        flops = 8 * b * n * m * d
-        return byts, flops, ("bytes = aggregate (x, xp read; he, lse written) + scatter (xp read again, he, lse read, xn written) "
-                             "= (4*B*N*D + 4*B*M*D)*size + 8*B*M; FLOPs = 8*B*N*M*D (logits + weighted sum, twice)")
+    def bytes_flops(self) -> tuple[float, float]:
+        s, b, n, c = self.shape, self.batch, self.shape.n, self.shape.c
+        byts = 2 * b * c * n * self.esize + self.params * self.esize
+        if s.family == "area":
+            return byts, 2 * b * n * c * (4 * c + 25) + 4 * b * n * (n // s.area) * c
+        return byts, 4 * b * n * c * c + 2 * b * (2 * c) * (s.m * c) + 2 * b * s.m * c * c + 8 * b * n * s.m * c
 
 
-class HgLayer(_LayerGroup):
+class AreaLayer(LayerGroup):
+    op = "area_layer"
+
+
+class HgLayer(LayerGroup):
     op = "hg_layer"
-
-    def _build(self):
-        from yolo13_attn.nn import AdaHGComputation
-
-        s = self.shape
-        return AdaHGComputation(s.c, s.m, s.heads, 0.1, "both")
-
-    def bytes_flops(self):
-        s, b = self.shape, self.batch
-        d, m, n = s.c, s.m, s.n
-        byts = 2 * b * d * n * self.esize + self.params * self.esize
-        flops = 4 * b * n * d * d + 2 * b * (2 * d) * (m * d) + 2 * b * m * d * d + 8 * b * n * m * d
-        return byts, flops, ("bytes = compulsory traffic = x read + out written (2*B*D*N*size) + weights; FLOPs = "
-                             "pre_head_proj + node_proj 4*B*N*D^2 + context_net 4*B*M*D^2 + edge_proj 2*B*M*D^2 + core 8*B*N*M*D")
 
 
 GROUPS = {"area_core": AreaCore, "area_layer": AreaLayer, "hg_core": HgCore, "hg_layer": HgLayer}
-FAMILY = {"area_core": "area", "area_layer": "area", "hg_core": "hypergraph", "hg_layer": "hypergraph"}
 
 
 # ---- one configuration -------------------------------------------------------------------------
 
 
-def _poison(out_like_bytes: int, device: str) -> None:
-    """Best effort: leave a NaN-filled block in the caching allocator, so an output allocated next of
-    the same size starts as NaN and unwritten elements fail the check."""
-    if device == "cuda" and out_like_bytes > 0:
-        t = torch.full((max(1, out_like_bytes // 4),), float("nan"), device=device)
-        del t
+def check_record(reports: list[tuple], dtype: torch.dtype) -> dict:
+    """The check's JSON: pass, the output closest to its bound, every output's errors."""
+    worst_name, worst = max(reports, key=lambda nr: nr[1].candidate / nr[1].bound if nr[1].bound > 0 else math.inf)
+    outputs = {n: {"err": r.candidate, "baseline_err": r.baseline, "bound": r.bound, "pass": r.ok} for n, r in reports}
+    errors = {"err": worst.candidate, "bound": worst.bound, "baseline_err": worst.baseline, "worst_output": worst_name}
+    return {"pass": all(r.ok for _, r in reports), "baseline_dtype": C.dtype_name(dtype), **errors, "outputs": outputs}
 
 
-def _out_bytes(group: Group) -> int:
-    s, b = group.shape, group.batch
-    return int(b * s.c * s.n * group.esize)
-
-
-def run_config(group: Group, backend: str, args, timing_kw: dict) -> dict:
+def run_config(group: Group, backend: str, args, device: str) -> dict:
+    """Check one backend on the group's set 0, then time it: the record's status, check and timing."""
     rec = {"status": "", "reason": "", "kernel": "", "check": {}, "timing": None, "peak_mem_mb": None}
+    runner = None
     try:
         runner = group.runner(backend)
-    except Unsupported as err:
-        rec.update(status="unsupported", reason=str(err))
-        return rec
-    except Exception as err:
-        rec.update(status="error", reason=f"{type(err).__name__}: {err}"[:500])
-        return rec
-    rec["kernel"] = runner.kernel
-    try:
+        rec["kernel"] = runner.kernel
         with torch.inference_mode():
-            _poison(_out_bytes(group), group.device)
-            out, peak = C.measure_peak(runner.calls[0], group.device)
-            reports = group.check(out, runner)
+            if device == "cuda":  # best effort: a NaN block left in the allocator shows unwritten output elements
+                torch.full(
+                    (group.batch * group.shape.c * group.shape.n * group.esize // 4 + 1,), math.nan, device=device
+                )
+            out, rec["peak_mem_mb"] = measure_peak(runner.calls[0], device)
+            chk = rec["check"] = check_record(
+                group.check(out, runner), baseline_dtype(group.dtype, *runner.compute_dtypes)
+            )
             del out
-            ok = all(r.ok for _, r in reports)
-            worst_name, worst = max(reports, key=lambda nr: nr[1].candidate / nr[1].bound if nr[1].bound > 0 else math.inf)
-            rec["check"] = {"pass": ok, "baseline_dtype": C.dtype_name(group.baseline_dtype(runner)), "err": worst.candidate, "bound": worst.bound, "baseline_err": worst.baseline, "worst_output": worst_name,
-                            "outputs": {n: {"err": r.candidate, "baseline_err": r.baseline, "bound": r.bound, "pass": r.ok} for n, r in reports}}
-            rec["peak_mem_mb"] = peak
-            if group.device == "cuda":
-                timing = C.time_gpu(runner.calls, use_graph=not args.no_graph, **timing_kw)
-            else:
-                timing = C.time_cpu(runner.calls, budget_s=args.cpu_time_per_config)
-            rec["timing"] = timing.as_dict()
-        rec["status"] = "ok" if ok else "check-failed"
-        if not ok:
-            rec["reason"] = f"flash rule: max error {worst.candidate:.3e} > bound {worst.bound:.3e} ({worst_name}; plain-PyTorch error {worst.baseline:.3e})"
+            budget_s = 3.0 if device == "cuda" else args.cpu_time_per_config
+            graph = device == "cuda" and not args.no_graph
+            rec["timing"] = time_calls(
+                runner.calls, device, graph=graph, samples=args.samples, max_total_s=budget_s
+            ).as_dict()
+        rec["status"] = "ok" if chk["pass"] else "check-failed"
+        if not chk["pass"]:
+            rec["reason"] = f"flash rule: {chk['worst_output']} max error {chk['err']:.3e} > bound {chk['bound']:.3e}"
+    except (Unsupported, yolo13_attn.BackendUnsupportedError) as err:
+        rec.update(status="unsupported", reason=str(err).split(" -- ", 1)[-1])
     except torch.cuda.OutOfMemoryError as err:
         rec.update(status="oom", reason=str(err).splitlines()[0][:300])
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - a broken configuration is a result: recorded, the sweep goes on
         rec.update(status="error", reason=f"{type(err).__name__}: {err}"[:500])
         if args.verbose:
             traceback.print_exc()
     finally:
-        if runner.close is not None:
+        if runner is not None and runner.close is not None:
             runner.close()
     return rec
 
 
-def derived_metrics(rec: dict, device: str) -> None:
-    """Throughput and floor metrics from the timing (p20/p80 of a throughput come from p80/p20 of the time)."""
-    t = rec.get("timing")
-    if not t:
-        return
-    byts, flops = rec["bytes"], rec["flops"]
-    peak_flops = C.PEAK_FLOPS.get(rec["dtype"])
-    metrics = rec["metrics"]
+def derived_metrics(rec: dict, peaks: dict | None) -> None:
+    """Throughput and floor metrics (a throughput's p20/p80 come from the time's p80/p20)."""
+    t, metrics = rec["timing"], rec["metrics"]
+    times = (t["median"], t["p80"], t["p20"])
     metrics["ms"] = (t["median"], t["p20"], t["p80"])
-    metrics["tbps"] = tuple(byts / (x * 1e-3) / 1e12 for x in (t["median"], t["p80"], t["p20"]))
-    metrics["tflops"] = tuple(flops / (x * 1e-3) / 1e12 for x in (t["median"], t["p80"], t["p20"]))
-    if device == "cuda" and peak_flops:
-        floor_ms = max(byts / C.PEAK_BW, flops / peak_flops) * 1e3
+    metrics["tbps"] = tuple(rec["bytes"] / (x * 1e-3) / 1e12 for x in times)
+    metrics["tflops"] = tuple(rec["flops"] / (x * 1e-3) / 1e12 for x in times)
+    if peaks:
+        bw, flops = peaks["bw_Bps"], peaks["flops"][rec["dtype"]]
+        floor_ms = max(rec["bytes"] / bw, rec["flops"] / flops) * 1e3
         metrics["floor_ms"] = (floor_ms, None, None)
-        metrics["floor_frac"] = tuple(floor_ms / x for x in (t["median"], t["p80"], t["p20"]))
-        metrics["bw_frac"] = tuple(v / (C.PEAK_BW / 1e12) for v in metrics["tbps"])
-        metrics["flop_frac"] = tuple(v / (peak_flops / 1e12) for v in metrics["tflops"])
-    if rec.get("peak_mem_mb") is not None and math.isfinite(rec["peak_mem_mb"]):
+        metrics["floor_frac"] = tuple(floor_ms / x for x in times)
+        metrics["bw_frac"] = tuple(v / (bw / 1e12) for v in metrics["tbps"])
+        metrics["flop_frac"] = tuple(v / (flops / 1e12) for v in metrics["tflops"])
+    if rec["peak_mem_mb"] is not None and math.isfinite(rec["peak_mem_mb"]):
         metrics["peak_mem_mb"] = (rec["peak_mem_mb"], None, None)
 
 
-def _key(r: dict) -> tuple:
-    return (r["op"], r["shape"], r["dtype"], r["batch"], r["backend"])
-
-
-def merge_previous(path: Path, records: list[dict], backends: list[str]) -> list[dict]:
-    """``--append``: the configurations of an earlier run in the same folder, then this run's (which win)."""
-    import json
-
-    old = json.loads(path.read_text()).get("configs", [])
-    for r in old:
-        r["metrics"] = {k: tuple(float("nan") if x is None else x for x in v) for k, v in r.get("metrics", {}).items()}
-    new_keys = {_key(r) for r in records}
-    merged = [r for r in old if _key(r) not in new_keys] + records
-    print(f"--append: kept {len(merged) - len(records)} configurations of the earlier run in {path.parent}")
-    return merged
+def _group_key(r: dict) -> tuple:
+    return (r["op"], r["shape"], r["dtype"], r["batch"])
 
 
 def add_speedups(records: list[dict]) -> None:
-    """speedup_vs_naive / speedup_vs_flash = baseline median / this median (same op, shape, dtype, batch)."""
-    by_key = defaultdict(dict)
+    """``speedup_vs_naive`` / ``speedup_vs_flash`` = baseline median / this median (spread: over this p80 / p20)."""
+    medians = defaultdict(dict)
     for r in records:
         if r.get("timing"):
-            by_key[(r["op"], r["shape"], r["dtype"], r["batch"])][r["backend"]] = r["timing"]["median"]
+            medians[_group_key(r)][r["backend"]] = r["timing"]["median"]
     for r in records:
-        if not r.get("timing"):
-            continue
-        times = by_key[(r["op"], r["shape"], r["dtype"], r["batch"])]
-        t = r["timing"]
+        base_ms, t = medians[_group_key(r)], r.get("timing")
         for base in ("naive", "flash"):
-            if base in times:
-                # spread: baseline median over this config's p80 / p20
-                r["metrics"][f"speedup_vs_{base}"] = (times[base] / t["median"], times[base] / t["p80"], times[base] / t["p20"])
-                r[f"speedup_vs_{base}"] = times[base] / t["median"]
+            if t and base in base_ms:
+                r["metrics"][f"speedup_vs_{base}"] = tuple(base_ms[base] / t[q] for q in ("median", "p80", "p20"))
+                r[f"speedup_vs_{base}"] = base_ms[base] / t["median"]
+
+
+def progress_line(rec: dict, done: int, total: int, naive_ms: float | None) -> str:
+    line = (
+        f"[{done:>4}/{total}] {rec['op']:<10} {rec['shape']:<44} {rec['dtype']} B{rec['batch']:<3} {rec['backend']:<6}"
+    )
+    if not rec["timing"]:
+        return f"{line} {rec['status']}: {rec['reason'][:160]}"
+    t, m, chk = rec["timing"], rec["metrics"], rec["check"]
+    line += f" {O.fmt_ms(t['median']):>8} ms [{O.fmt_ms(t['p20'])}, {O.fmt_ms(t['p80'])}]"
+    line += f" {naive_ms / t['median']:5.2f}x vs naive" if naive_ms and rec["backend"] != "naive" else ""
+    line += f" {m['tbps'][0]:6.3f} TB/s {m['tflops'][0]:7.2f} TFLOP/s"
+    line += f" {100 * m['floor_frac'][0]:4.0f}% of floor" if "floor_frac" in m else ""
+    return line + f" check {'ok' if chk['pass'] else 'FAIL'} ({chk['err']:.1e} vs bound {chk['bound']:.1e})"
 
 
 # ---- outputs -----------------------------------------------------------------------------------
 
-METRIC_ORDER = ("ms", "speedup_vs_naive", "speedup_vs_flash", "tbps", "tflops", "floor_ms", "floor_frac", "bw_frac", "flop_frac", "peak_mem_mb")
+
+def peaks_of(data: dict) -> dict | None:
+    """The run's peak figures (results of older versions kept fixed H100 figures under ``anchors``)."""
+    if "anchors" not in data:
+        return data.get("peaks")
+    a = data["anchors"]
+    how = "fixed H100 figures of the script version that ran: copy and bf16 matrix product measured, fp32 the datasheet peak"
+    return {"bw_Bps": a["peak_bw_Bps"], "flops": a["peak_flops"], "l2_bytes": a["l2_bytes"], "how": how}
 
 
-def csv_rows(records: list[dict], device: str, versions: str, date: str) -> list[dict]:
+def csv_rows(data: dict) -> list[dict]:
     rows = []
-    for r in records:
-        base = {"op": r["op"], "backend": r["backend"], "shape": r["shape"], "dtype": r["dtype"], "batch": r["batch"],
-                "device": device, "versions": versions, "date": date}
-        if r["status"] in ("unsupported", "budget"):
-            continue
-        chk = r.get("check") or {}
-        if chk:
-            rows.append({**base, "metric": "check_pass", "median": int(bool(chk.get("pass")))})
-            rows.append({**base, "metric": "check_err", "median": chk.get("err")})
-            rows.append({**base, "metric": "check_bound", "median": chk.get("bound")})
-        rows.append({**base, "metric": "bytes", "median": r["bytes"]})
-        rows.append({**base, "metric": "flops", "median": r["flops"]})
-        for name in METRIC_ORDER:
-            if name in r["metrics"]:
-                med, p20, p80 = r["metrics"][name]
-                rows.append({**base, "metric": name, "median": med, "p20": p20, "p80": p80})
+    for r in data["configs"]:
+        if r["status"] not in ("unsupported", "budget"):
+            items = O.check_items(r.get("check")) + [(k, r[k]) for k in ("bytes", "flops") if r.get(k) is not None]
+            items += [(name, *r["metrics"][name]) for name in METRIC_ORDER if name in r["metrics"]]
+            rows += O.long_rows(data, (r["op"], r["backend"], r["shape"], r["dtype"], r["batch"]), items)
     return rows
 
 
-def _cell(r: dict | None) -> str:
+def _cell(r: dict | None, speedup: bool = True) -> str:
+    """``median ms (speedup vs naive)`` + `` FAIL`` when the check failed; else ``n/s``, ``not run``, ``error``, ``oom``."""
     if r is None:
         return ""
-    if r["status"] == "unsupported":
-        return "n/s"
-    if r["status"] == "budget":
-        return "not run"
-    if r["status"] in ("error", "oom"):
-        return r["status"]
-    ms = C.fmt_ms(r["timing"]["median"]) if r.get("timing") else "-"
-    sp = r.get("speedup_vs_naive")
-    cell = ms + (f" ({C.fmt_x(sp)})" if sp is not None and r["backend"] != "naive" else "")
+    if not r.get("timing"):
+        return {"unsupported": "n/s", "budget": "not run"}.get(r["status"], r["status"])
+    sp = r.get("speedup_vs_naive") if speedup and r["backend"] != "naive" else None
+    cell = O.fmt_ms(r["timing"]["median"]) + (f" ({O.fmt_x(sp)})" if sp is not None else "")
     return cell + (" FAIL" if r["status"] == "check-failed" else "")
 
 
+def _sort_key(r: dict) -> tuple:
+    info = r["shape_info"]
+    order = (OPS.index(r["op"]), list(IMAGES).index(info["image"]), info["site"], SCALES.index(info["scales"][0]))
+    return (*order, list(C.DTYPES).index(r["dtype"]), r["batch"])
+
+
+CELLS_NOTE = (
+    "Cells: median ms (speedup vs naive). `FAIL`: failed the flash rule (timed, not valid); `n/s`: the backend "
+    "declines the shape/dtype; naive = reference math (for layers: the unpatched layer)."
+)
+FLOOR_NOTE = "`%floor` = max(bytes / BW, FLOPs / peak) / measured time. Formulas: bench/README.md."
+BEST_HEAD = ["op", "shape", "dtype", "B", "naive ms", "flash ms", "best", "best ms", "vs naive", "vs flash", "TB/s"]
+
+
+def _best_row(key: tuple, by: dict, peaks: dict | None) -> list | None:
+    """The headline row of one (op, shape, dtype, batch): the fastest backend that passed its check."""
+    valid = [r for r in by.values() if r["status"] == "ok" and r.get("timing")]
+    if not valid:
+        return None
+    best = min(valid, key=lambda r: r["timing"]["median"])
+    m = best["metrics"]
+    row = [
+        *key,
+        _cell(by.get("naive")),
+        _cell(by.get("flash"), False),
+        best["backend"],
+        O.fmt_ms(best["timing"]["median"]),
+    ]
+    row += [O.fmt_x(best.get("speedup_vs_naive")), O.fmt_x(best.get("speedup_vs_flash")), f"{m['tbps'][0]:.3g}"]
+    return row + [f"{m['tflops'][0]:.3g}"] + ([f"{100 * m['floor_frac'][0]:.0f}%"] if peaks else [])
+
+
 def markdown(data: dict) -> str:
-    env, records = data["environment"], data["configs"]
-    backends = data["backends_run"]
-    gpu = data["device_kind"] == "cuda"
-    title = "Kernel sweep" + ("" if gpu else " - CPU SMOKE RUN (not a benchmark: tiny shapes, fp32, noisy shared CPU)")
-    lines = C.header_lines(title, env, {"date": data["date"], "timing": data["timing_note"], "configurations": f"{len(records)} "
-                           f"({sum(r['status'] == 'ok' for r in records)} ok, {sum(r['status'] == 'check-failed' for r in records)} check-failed, "
-                           f"{sum(r['status'] == 'unsupported' for r in records)} unsupported, {sum(r['status'] in ('error', 'oom') for r in records)} error, "
-                           f"{sum(r['status'] == 'budget' for r in records)} not run (time budget))"})
-    if gpu:
-        lines += [f"Floors: {C.PEAK_BW / 1e12:.2f} TB/s; {C.PEAK_FLOPS['fp16'] / 1e12:.0f} TFLOP/s fp16/bf16 dense, "
-                  f"{C.PEAK_FLOPS['fp32'] / 1e12:.0f} TFLOP/s fp32 (non-tensor) - H100 anchors from shared/perf-anchors.md. "
-                  "`%floor` = max(bytes / BW, FLOPs / peak) / measured time. Formulas: bench/README.md.", ""]
-    lines += ["Cells: median ms (speedup vs naive). `FAIL`: output failed the flash rule (timed, not valid); `n/s`: backend "
-              "declines the shape/dtype; naive = reference math (for layers: the unpatched layer).", ""]
-    for name, why in data["skipped_backends"].items():
-        lines.append(f"- backend `{name}` skipped: {why}")
-    lines.append("")
-    # headline: best valid backend per configuration
-    lines += ["## Best valid backend per configuration", ""]
+    records, backends, peaks = data["configs"], data["backends_run"], peaks_of(data)
+    counts = defaultdict(int)
+    for r in records:
+        counts[r["status"]] += 1
+    title = "Kernel sweep" + (
+        "" if data["device_kind"] == "cuda" else " - CPU SMOKE RUN (not a benchmark: tiny shapes, fp32)"
+    )
+    tally = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    extra = {
+        "date": data["date"],
+        "timing": data["timing_note"],
+        "configurations": f"{len(records)} ({tally}; budget = not run)",
+    }
+    lines = O.header_lines(title, data["environment"], extra)
+    if peaks:
+        flops = ", ".join(f"{v / 1e12:.0f} TFLOP/s {k}" for k, v in peaks["flops"].items())
+        lines += [f"Floors: {peaks['bw_Bps'] / 1e12:.2f} TB/s, {flops} ({peaks['how']}). {FLOOR_NOTE}", ""]
+    lines += [CELLS_NOTE, ""] + [f"- backend `{name}` skipped: {why}" for name, why in data["skipped_backends"].items()]
     groups = defaultdict(dict)
-    image_order = {k: i for i, k in enumerate(IMAGES)}
-    dtype_order = {k: i for i, k in enumerate(C.DTYPES)}
-
-    def sort_key(r):
-        info = r["shape_info"]
-        return (OPS.index(r["op"]) if r["op"] in OPS else 9, image_order.get(info["image"], 9), info["site"],
-                SCALES.index(info["scales"][0]) if info["scales"][0] in SCALES else 9, dtype_order.get(r["dtype"], 9), r["batch"])
-
-    for r in sorted(records, key=sort_key):
-        groups[(r["op"], r["shape"], r["dtype"], r["batch"])][r["backend"]] = r
-    head = ["op", "shape", "dtype", "B", "naive ms", "flash ms", "best", "best ms", "vs naive", "vs flash", "TB/s", "TFLOP/s"] + (["%floor"] if gpu else [])
-    rows = []
-    for (op, shape, dtype, batch), by_backend in groups.items():
-        valid = [r for r in by_backend.values() if r["status"] == "ok" and r.get("timing")]
-        if not valid:
-            continue
-        best = min(valid, key=lambda r: r["timing"]["median"])
-        m = best["metrics"]
-        naive, flash = by_backend.get("naive"), by_backend.get("flash")
-        row = [op, shape, dtype, str(batch), C.fmt_ms(naive["timing"]["median"]) if naive and naive.get("timing") else "-",
-               (C.fmt_ms(flash["timing"]["median"]) + (" FAIL" if flash["status"] == "check-failed" else "")) if flash and flash.get("timing") else "-",
-               best["backend"], C.fmt_ms(best["timing"]["median"]), C.fmt_x(best.get("speedup_vs_naive")), C.fmt_x(best.get("speedup_vs_flash")),
-               f"{m['tbps'][0]:.3g}", f"{m['tflops'][0]:.3g}"]
-        if gpu:
-            row.append(f"{100 * m['floor_frac'][0]:.0f}%" if "floor_frac" in m else "-")
-        rows.append(row)
-    lines += [C.md_table(head, rows), ""]
-    # full tables per op
+    for r in sorted(records, key=_sort_key):
+        groups[_group_key(r)][r["backend"]] = r
+    rows = [row for key, by in groups.items() if (row := _best_row(key, by, peaks))]
+    head = BEST_HEAD + ["TFLOP/s"] + ["%floor"] * bool(peaks)
+    lines += ["", "## Best valid backend per configuration", "", O.md_table(head, rows), ""]
     for op in data["ops"]:
-        op_groups = {k: v for k, v in groups.items() if k[0] == op}
-        if not op_groups:
-            continue
-        lines += [f"## {op}", ""]
-        rows = [[shape, dtype, str(batch)] + [_cell(by.get(b)) for b in backends] for (_, shape, dtype, batch), by in op_groups.items()]
-        lines += [C.md_table(["shape", "dtype", "B"] + backends, rows), ""]
-    problems = [r for r in records if r["status"] in ("error", "oom", "check-failed")]
-    if problems:
-        lines += ["## Check failures and errors", ""]
-        lines += [f"- {r['op']} {r['shape']} {r['dtype']} B{r['batch']} {r['backend']}: {r['status']}: {r['reason']}" for r in problems]
-        lines.append("")
-    unsupported = sorted({(r["op"], r["backend"], r["reason"]) for r in records if r["status"] == "unsupported"})
-    if unsupported:
-        lines += ["## Declined (n/s)", ""] + [f"- {op} / {b}: {why}" for op, b, why in unsupported] + [""]
-    formulas = data.get("formulas", {})
-    if formulas:
-        lines += ["## Byte and FLOP formulas", ""] + [f"- {op}: {f}" for op, f in formulas.items()] + [""]
-    return "\n".join(lines)
+        rows = [[*key[1:], *(_cell(by.get(b)) for b in backends)] for key, by in groups.items() if key[0] == op]
+        lines += [f"## {op}", "", O.md_table(["shape", "dtype", "B", *backends], rows), ""] if rows else []
+    bad = [r for r in records if r["status"] in ("error", "oom", "check-failed")]
+    problems = [f"- {' '.join(map(str, _group_key(r)))} {r['backend']}: {r['status']}: {r['reason']}" for r in bad]
+    declined = sorted({f"- {r['op']} / {r['backend']}: {r['reason']}" for r in records if r["status"] == "unsupported"})
+    for heading, items in (("Check failures and errors", problems), ("Declined (n/s)", declined)):
+        lines += [f"## {heading}", "", *items, ""] if items else []
+    formulas = [f"- {op}: {f}" for op, f in data["formulas"].items()]
+    return "\n".join(lines + ["## Byte and FLOP formulas", "", *formulas, ""])
 
 
-def plots(data: dict, out_dir: Path, prefix: str) -> list[str]:
-    plt = C.matplotlib_pyplot()
-    if plt is None:
-        return []
-    records = [r for r in data["configs"] if r.get("timing")]
-    gpu = data["device_kind"] == "cuda"
+def _panel(data: dict, op: str, dtype: str) -> Panel | None:
+    """Speedup vs naive of each backend per shape, at the largest batch timed for (op, dtype)."""
+    recs = [r for r in data["configs"] if r["op"] == op and r["dtype"] == dtype and r["status"] != "budget"]
+    if not any(r.get("timing") for r in recs):
+        return None
+    batch = max(r["batch"] for r in recs if r.get("timing"))
+    recs = sorted((r for r in recs if r["batch"] == batch), key=_sort_key)
+    shapes = list(dict.fromkeys(r["shape"] for r in recs))
+    by = {(r["shape"], r["backend"]): r for r in recs}
+    backends = [b for b in data["backends_run"] if b != "naive" and any(k[1] == b for k in by)]
+    cells = {b: [by.get((s, b), {}) for s in shapes] for b in backends}
+    speedups = {b: [r.get("speedup_vs_naive") for r in rs] for b, rs in cells.items()}
+    missing = {b: ["" if not r or r.get("timing") else _cell(r) for r in rs] for b, rs in cells.items()}
+    failed = {b: [r.get("status") == "check-failed" for r in rs] for b, rs in cells.items()}
+    notes = {
+        r["backend"]: f"computes in {r['check']['baseline_dtype']}"
+        for r in recs
+        if r.get("check", {}).get("baseline_dtype", dtype) != dtype
+    }
+    labels = [s.split(":")[0].replace("640x640", "640").replace("1280x1280", "1280") for s in shapes]
+    return Panel(f"{op}, {dtype}, batch {batch}", labels, speedups, missing, failed, notes)
+
+
+def plots(data: dict, out_dir: Path) -> list[str]:
+    """One PNG per op: a panel per dtype."""
+    kind = "CUDA-graph medians" if data["device_kind"] == "cuda" else "CPU SMOKE RUN, not a benchmark"
     written = []
     for op in data["ops"]:
-        recs = [r for r in records if r["op"] == op]
-        if not recs:
-            continue
-        dtypes = [d for d in data["dtypes"] if any(r["dtype"] == d for r in recs)]
-        batch = max(r["batch"] for r in recs)
-        recs = [r for r in recs if r["batch"] == batch]
-        shapes_of = {d: list(dict.fromkeys(r["shape"] for r in recs if r["dtype"] == d)) for d in dtypes}
-        dtypes = [d for d in dtypes if shapes_of[d]]
-        backends = [b for b in data["backends_run"] if any(r["backend"] == b for r in recs)]
-        rows = [("speedup_vs_naive", "speedup vs naive (x)", True)] + ([("floor_frac", "fraction of floor", False)] if gpu else [("ms", "ms per call (CPU)", True)])
-        n_bars = sum(len(v) for v in shapes_of.values())
-        fig, axes = plt.subplots(len(rows), len(dtypes), figsize=(max(6, 0.55 * n_bars + 3 * len(dtypes)), 4.2 * len(rows)), squeeze=False,
-                                 gridspec_kw={"width_ratios": [max(1, len(shapes_of[d])) for d in dtypes]})
-        width = 0.8 / max(1, len(backends))
-        for j, dtype in enumerate(dtypes):
-            shapes = shapes_of[dtype]
-            for i, (metric, ylabel, logy) in enumerate(rows):
-                ax = axes[i][j]
-                for bi, b in enumerate(backends):
-                    ys, hatches = [], []
-                    for s in shapes:
-                        r = next((r for r in recs if r["shape"] == s and r["dtype"] == dtype and r["backend"] == b), None)
-                        ys.append(r["metrics"][metric][0] if r and metric in r["metrics"] else float("nan"))
-                        hatches.append(r is not None and r["status"] != "ok")
-                    bars = ax.bar([x + bi * width for x in range(len(shapes))], ys, width, label=b)
-                    for bar, bad in zip(bars, hatches):
-                        if bad:
-                            bar.set_hatch("xx")
-                ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
-                ax.set_xticklabels([s.split(":")[0] for s in shapes], rotation=60, ha="right", fontsize=7)
-                if logy:
-                    ax.set_yscale("log")
-                if metric == "speedup_vs_naive":
-                    ax.axhline(1.0, color="k", lw=0.6)
-                ax.set_ylabel(ylabel)
-                ax.set_title(f"{op} {dtype} B={batch}", fontsize=9)
-                ax.grid(axis="y", alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        title = f"{op} on {data['device']} (hatched: failed the equivalence check)"
-        fig.suptitle(title if gpu else "CPU SMOKE RUN - " + title, fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"{prefix}_{op}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
-    return written
+        panels = [p for dtype in data["dtypes"] if (p := _panel(data, op, dtype))]
+        title = f"{op}: speedup of each backend over the reference math ({kind}), {data['device']}"
+        written.append(speedup_figure(out_dir / f"kernel_sweep_{op}.png", title, panels, baseline="naive (reference)"))
+    return [name for name in written if name]
 
 
 def write_outputs(data: dict, out_dir: Path) -> list[str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = "kernel_sweep"
-    env = data["environment"]
-    rows = csv_rows(data["configs"], data["device"], C.versions_string(env), data["date"])
-    C.write_csv(out_dir / f"{prefix}.csv", rows)
-    data["plots"] = plots(data, out_dir, prefix)
-    if not data["plots"]:
-        data["plots_note"] = "matplotlib not importable here: run `python bench/kernel_sweep.py --replot DIR` elsewhere"
-    C.write_json(out_dir / f"{prefix}.json", data)
-    (out_dir / f"{prefix}.md").write_text(markdown(data))
-    return [f"{prefix}.csv", f"{prefix}.json", f"{prefix}.md", *data["plots"]]
+    return O.write_all(data, out_dir, "kernel_sweep", csv_rows(data), markdown, plots)
 
 
 def replot(out_dir: Path) -> None:
-    import json
-
-    data = json.loads((out_dir / "kernel_sweep.json").read_text())
-    for r in data["configs"]:
-        r["metrics"] = {k: tuple(float("nan") if x is None else x for x in v) for k, v in r.get("metrics", {}).items()}
-    files = write_outputs(data, out_dir)
-    print(f"re-rendered {', '.join(files)} in {out_dir}")
+    print(f"re-rendered {', '.join(write_outputs(O.read_json(out_dir / 'kernel_sweep.json'), out_dir))} in {out_dir}")
 
 
 # ---- main --------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--ops", help=f"comma list of {','.join(OPS)}")
-    p.add_argument("--backends", help="comma list (default: every available backend)")
     p.add_argument("--scales", help="comma list of n,s,l,x")
-    p.add_argument("--batches", help="comma list, default 1,8,16")
+    p.add_argument("--batches", help="comma list (default 1,8,16)")
     p.add_argument("--dtypes", help="comma list of fp16,bf16,fp32")
     p.add_argument("--images", help=f"comma list of {','.join(IMAGES)} (H x W)")
     p.add_argument("--quick", action="store_true", help="GPU: scales n,x; 640x640; batches 1,16; fp16")
-    p.add_argument("--append", action="store_true", help="merge with the kernel_sweep.json already in --out (same configurations are replaced)")
-    p.add_argument("--no-graph", action="store_true", help="time with triton.testing.do_bench instead of CUDA graphs")
-    p.add_argument("--samples", type=int, default=15, help="timing samples per configuration (GPU)")
+    p.add_argument("--no-graph", action="store_true", help="time eager launches instead of CUDA-graph replays")
+    p.add_argument("--samples", type=int, default=15, help="timing samples per configuration")
     p.add_argument("--cpu-time-per-config", type=float, default=0.15, help="seconds of timing per configuration on CPU")
     return p
 
 
+def plan_of(args, cpu_mode: bool) -> list[tuple]:
+    """(op, shape, batch, dtype) groups, most important first so that a budget cut drops the tail."""
+    defaults = (
+        (["n"], "1", ["fp32"], ["320x256"]) if cpu_mode else (list(SCALES), "1,8,16", list(C.DTYPES), list(IMAGES))
+    )
+    if args.quick and not cpu_mode:
+        defaults = (["n", "x"], "1,16", ["fp16"], ["640x640"])
+    ops = C.parse_list(args.ops, OPS, "op") or list(OPS)
+    scales = C.parse_list(args.scales, SCALES, "scale") or defaults[0]
+    batches = [int(b) for b in C.parse_list(args.batches or defaults[1])]
+    dtypes = C.parse_list(args.dtypes, list(C.DTYPES), "dtype") or defaults[2]
+    images = C.parse_list(args.images, list(IMAGES), "image") or defaults[3]
+    shapes = {(op, image): shapes_for(op, image, scales) for op in ops for image in images}
+    return [
+        (op, s, b, dt) for image in images for dt in dtypes for b in batches for op in ops for s in shapes[(op, image)]
+    ]
+
+
+def run_plan(
+    plan: list[tuple], backends: list[str], args, device: str, peaks: dict | None, budget, records: list
+) -> None:
+    """Every configuration of ``plan`` into ``records`` (filled as it goes: an interrupted run keeps what ran)."""
+    done, total = 0, len(plan) * len(backends)
+    print(f"{len(plan)} (op, shape, batch, dtype) groups x {len(backends)} backends = {total} configurations")
+    for op, shape, batch, dt in plan:
+        base = {"op": op, "shape": shape.label, "shape_info": shape.as_dict(), "dtype": dt, "batch": batch}
+        group, done = None, done + len(backends)
+        try:
+            if not budget.exhausted():
+                with torch.no_grad():
+                    group = GROUPS[op](shape, batch, C.DTYPES[dt], device, args.seed, peaks and peaks["l2_bytes"])
+        except Exception as err:  # noqa: BLE001 - recorded for every backend of the group, the sweep goes on
+            status = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error"
+            reason = f"building inputs/references failed: {type(err).__name__}: {str(err)[:300]}"
+            records += [{**base, "backend": b, "status": status, "reason": reason, "metrics": {}} for b in backends]
+            print(f"  {op} {shape.label} {dt} B{batch}: {reason}")
+            C.free_memory()
+            continue
+        if group is not None:
+            byts, flops = group.bytes_flops()
+            base.update(bytes=byts, flops=flops, rotated_input_bytes=group.rotated_bytes, input_sets=len(group.sets))
+        naive_ms = None
+        for i, backend in enumerate(backends):
+            rec = {**base, "backend": backend, "metrics": {}}
+            records.append(rec)
+            if group is None or budget.exhausted():
+                rec.update(status="budget", reason="time budget exhausted")
+                continue
+            t0 = time.perf_counter()
+            rec.update(run_config(group, backend, args, device))
+            if rec["timing"]:
+                derived_metrics(rec, peaks)
+                naive_ms = rec["timing"]["median"] if backend == "naive" else naive_ms
+            line = progress_line(rec, done - len(backends) + i + 1, total, naive_ms)
+            print(f"{line} [{time.perf_counter() - t0:.1f}s]", flush=True)
+        del group
+        C.free_memory()
+
+
 def main(argv=None) -> int:
-    args, mode = C.start_run(build_parser(), argv, replot)
-    if mode is None:
+    args, device = C.start_run(build_parser(), argv, replot)
+    if device is None:
         return 0
-    cpu_mode, device = mode
-    if cpu_mode:
-        defaults = dict(ops=list(OPS), scales=["n"], batches=[1], dtypes=["fp32"], images=["320x256"])
-    elif args.quick:
-        defaults = dict(ops=list(OPS), scales=["n", "x"], batches=[1, 16], dtypes=["fp16"], images=["640x640"])
-    else:
-        defaults = dict(ops=list(OPS), scales=list(SCALES), batches=list(BATCHES), dtypes=["fp16", "bf16", "fp32"], images=list(IMAGES))
-    ops = C.parse_list(args.ops, OPS, "op") or defaults["ops"]
-    scales = C.parse_list(args.scales, SCALES, "scale") or defaults["scales"]
-    batches = [int(b) for b in (C.parse_list(args.batches) or defaults["batches"])]
-    dtypes = C.parse_list(args.dtypes, list(C.DTYPES), "dtype") or defaults["dtypes"]
-    images = C.parse_list(args.images, list(IMAGES), "image") or defaults["images"]
+    cpu_mode = device == "cpu"
+    plan = plan_of(args, cpu_mode)
     backends, skipped = C.choose_backends(C.parse_list(args.backends), cpu_mode)
     out_dir = args.out or C.default_out_dir(cpu_mode)
     env = C.environment()
-    date = C.today()
+    peaks = None
     if cpu_mode:
-        print("CPU SMOKE RUN: no GPU in use - tiny shapes, fp32, time.perf_counter medians on a shared CPU; not a benchmark.")
-    print(f"device: {env.get('gpu') if not cpu_mode else 'cpu'}; torch {env['torch']}, triton {env['triton']}; results -> {out_dir}")
-    print(f"backends: {', '.join(backends)}")
-    for name, why in skipped.items():
-        print(f"  skipping backend {name}: {why}")
+        print("CPU SMOKE RUN: no GPU in use - tiny shapes, fp32, time.perf_counter on a shared CPU; not a benchmark.")
+    else:
+        from peaks import measure_peaks
 
-    # most important first, so that a --budget-s cut drops the tail: image, dtype, batch, then op and shape
-    plan = []
-    for image in images:
-        for dtype in dtypes:
-            for batch in batches:
-                for op in ops:
-                    for shape in shapes_for(FAMILY[op], image, scales):
-                        plan.append((op, shape, batch, dtype))
-    total = len(plan) * len(backends)
-    print(f"{len(plan)} (op, shape, batch, dtype) groups x {len(backends)} backends = {total} configurations")
-    budget = C.Budget(args.budget_s)
-    timing_kw = {"samples": args.samples}
-    records, formulas, done = [], {}, 0
-    for op, shape, batch, dtype_name in plan:
-        base = {"op": op, "shape": shape.label, "shape_info": shape.as_dict(), "dtype": dtype_name, "batch": batch, "metrics": {}}
-        if budget.exhausted():
-            for b in backends:
-                records.append({**base, "backend": b, "status": "budget", "reason": "time budget exhausted", "bytes": None, "flops": None})
-            done += len(backends)
-            continue
-        try:
-            with torch.no_grad():
-                group = GROUPS[op](shape, batch, C.DTYPES[dtype_name], device, args.seed, cpu_mode)
-        except Exception as err:
-            reason = f"building inputs/references failed: {type(err).__name__}: {str(err)[:300]}"
-            print(f"  {op} {shape.label} {dtype_name} B{batch}: {reason}")
-            if args.verbose:
-                traceback.print_exc()
-            for b in backends:
-                records.append({**base, "backend": b, "status": "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "error", "reason": reason, "bytes": None, "flops": None})
-            done += len(backends)
-            C.free_memory()
-            continue
-        byts, flops, formula = group.bytes_flops()
-        formulas[op] = formula
-        times = {}
-        for backend in backends:
-            done += 1
-            rec = {**base, "backend": backend, "bytes": byts, "flops": flops, "metrics": {}, "rotated_input_bytes": group.rotated_bytes(),
-                   "input_sets": len(group.sets)}
-            if budget.exhausted():
-                rec.update(status="budget", reason="time budget exhausted")
-                records.append(rec)
-                continue
-            t0 = time.perf_counter()
-            rec.update(run_config(group, backend, args, timing_kw))
-            derived_metrics(rec, device)
-            records.append(rec)
-            line = f"[{done:>4}/{total}] {op:<10} {shape.label:<44} {dtype_name} B{batch:<3} {backend:<6}"
-            if rec.get("timing"):
-                t = rec["timing"]
-                times[backend] = t["median"]
-                m = rec["metrics"]
-                line += f" {C.fmt_ms(t['median']):>8} ms [{C.fmt_ms(t['p20'])}, {C.fmt_ms(t['p80'])}]"
-                for base_name in ("naive", "flash"):
-                    if base_name in times and backend != base_name:
-                        line += f" {times[base_name] / t['median']:5.2f}x vs {base_name}"
-                line += f" {m['tbps'][0]:6.3f} TB/s {m['tflops'][0]:7.2f} TFLOP/s"
-                if "floor_frac" in m:
-                    line += f" {100 * m['floor_frac'][0]:4.0f}% of floor"
-                chk = rec["check"]
-                line += f" check {'ok' if chk['pass'] else 'FAIL'} ({chk['err']:.1e} <= {chk['bound']:.1e})" if chk["pass"] else f" check FAIL ({chk['err']:.1e} > {chk['bound']:.1e})"
-            else:
-                line += f" {rec['status']}: {rec['reason'][:160]}"
-            line += f" [{time.perf_counter() - t0:.1f}s]"
-            C.progress(line)
-        del group
-        C.free_memory()
-    if args.append and (out_dir / "kernel_sweep.json").is_file():
-        records = merge_previous(out_dir / "kernel_sweep.json", records, backends)
+        peaks = measure_peaks()
+        flops = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in peaks["flops"].items())
+        print(f"peaks: {peaks['bw_Bps'] / 1e12:.2f} TB/s copy, {flops}, L2 {peaks['l2_bytes'] / 1e6:.0f} MB")
+    C.announce(env, cpu_mode, out_dir, backends, skipped)
+    budget, records = C.Budget(args.budget_s), []
+    try:
+        run_plan(plan, backends, args, device, peaks, budget, records)
+    except KeyboardInterrupt:
+        print("interrupted: writing the configurations that ran", flush=True)
+    if args.append:
+        records = O.merge_previous(out_dir / "kernel_sweep.json", records, lambda r: (*_group_key(r), r["backend"]))
     add_speedups(records)
-    data = {
-        "script": "kernel_sweep",
-        "title": "YOLOv13 attention kernel sweep" + (" (CPU smoke run, not a benchmark)" if cpu_mode else ""),
-        "date": date,
-        "created": C.now_iso(),
-        "device_kind": device,
-        "device": C.device_string(env),
-        "environment": env,
-        "backends": C.backend_availability(),
-        "backends_run": _union(backends, [r["backend"] for r in records], ["naive", "flash", "sdpa", "triton", "cuda"]),
-        "skipped_backends": skipped,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "ops": _union(ops, [r["op"] for r in records], OPS),
-        "scales": _union(scales, [s for r in records for s in r["shape_info"]["scales"]], SCALES),
-        "batches": sorted(set(batches) | {r["batch"] for r in records}),
-        "dtypes": _union(dtypes, [r["dtype"] for r in records], list(C.DTYPES)),
-        "images": _union(images, [r["shape_info"]["image"] for r in records], list(IMAGES)),
-        "anchors": {"peak_bw_Bps": C.PEAK_BW, "peak_flops": C.PEAK_FLOPS, "l2_bytes": C.L2_BYTES, "source": "shared/perf-anchors.md, shared/gpu-notes.md (H100)"},
-        "timing_note": ("CUDA-graph replay, median of samples, rotating input sets (see each config's timing.method)" if not cpu_mode
-                        else "time.perf_counter per call, median (CPU smoke run)"),
-        "formulas": formulas,
-        "elapsed_s": budget.elapsed(),
-        "configs": records,
-    }
+    data = C.results_header("kernel_sweep", "YOLOv13 attention kernel sweep", device, env, skipped, args, budget)
+    ops = C.ordered([r["op"] for r in records], OPS)
+    data["backends_run"] = C.ordered([r["backend"] for r in records], C.BACKEND_ORDER)
+    data["ops"], data["formulas"] = ops, {op: FORMULAS[op] for op in ops}
+    data["batches"] = sorted({r["batch"] for r in records})
+    data["dtypes"] = C.ordered([r["dtype"] for r in records], list(C.DTYPES))
+    data["images"] = C.ordered([r["shape_info"]["image"] for r in records], list(IMAGES))
+    data["peaks"], data["configs"] = peaks, records
+    data["timing_note"] = (
+        "time.perf_counter per call (CPU smoke run)" if cpu_mode else "see each configuration's timing.method"
+    )
     files = write_outputs(data, out_dir)
-    print(f"\nwrote {', '.join(files)} to {out_dir} in {budget.elapsed():.0f} s")
-    print_summary(data)
+    print(f"\nwrote {', '.join(files)} to {out_dir} in {budget.elapsed():.0f} s\n")
+    from summarize import kernel_summary
+
+    print(kernel_summary(data, None, None))
     return 0
-
-
-def _union(first: list, more: list, order: list) -> list:
-    items = set(first) | set(more)
-    return [x for x in order if x in items] + sorted(x for x in items if x not in order)
-
-
-def print_summary(data: dict) -> None:
-    """A short table: per op and dtype, the best valid backend's speedup over naive at the largest batch."""
-    best = {}
-    for r in data["configs"]:
-        if r["status"] == "ok" and r.get("timing"):
-            key = (r["op"], r["shape"], r["dtype"], r["batch"])
-            if key not in best or r["timing"]["median"] < best[key]["timing"]["median"]:
-                best[key] = r
-    if not best:
-        print("no valid timings")
-        return
-    print("\nbest valid backend per op/shape/dtype at the largest batch:")
-    maxb = max(k[3] for k in best)
-    for key, r in best.items():
-        if key[3] == maxb:
-            floor = f" {100 * r['metrics']['floor_frac'][0]:.0f}% floor" if "floor_frac" in r["metrics"] else ""
-            print(f"  {key[0]:<10} {key[1]:<44} {key[2]} B{key[3]:<3} {r['backend']:<6} {C.fmt_ms(r['timing']['median']):>8} ms  "
-                  f"{C.fmt_x(r.get('speedup_vs_naive')):>7} vs naive {C.fmt_x(r.get('speedup_vs_flash')):>7} vs flash{floor}")
 
 
 if __name__ == "__main__":

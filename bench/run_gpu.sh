@@ -1,59 +1,82 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark job in one call (about 7 minutes on one H100), e.g. through the device
-# tool with carry [".whl"]:   bash bench/run_gpu.sh
+# The benchmarks on a CUDA machine in one call, then a short table of the results.
 #
-# Installs the Ultralytics wheels of .whl/ (the GPU box has no ultralytics) into /tmp/site, then,
-# each part under a time budget (configurations not started in time are listed as "not run"):
-#   1. kernel sweep 640x640, fp16, batch 1/8/16, every op, scale and available backend
-#   2. kernel sweep 640x640, bf16 and fp32, batch 1/16              (--append: same files)
-#   3. kernel sweep 320x256 and 1280x1280, fp16, batch 1/16          (--append)
-#   4. model latency n/s/l/x, batch 1/16, fp16 and fp32, eager and CUDA graph
-# and prints a short table. Results are written to $RES (default /tmp/bench_results); because the
-# device tool returns at most 8 files, $OUT receives bench_results.tar.gz (everything: CSV, JSON,
-# markdown, PNG, logs) plus the two markdown reports and summary.txt. Unpack the tarball into
-# bench/results/<gpu-slug>-<date>/.
+#   pip install torch torchvision -e .                      # Ultralytics comes with the package
+#   bash bench/run_gpu.sh                                   # every part: about 17 minutes on one H100
+#   PARTS=model_compiled,train_step bash bench/run_gpu.sh   # about 8 minutes on one H100
+#
+# Each part runs under its own time budget: configurations not started in time are recorded as
+# "not run" (and a part stopped by its timeout still writes what ran). Every part merges into the
+# files in $RES (--append: a configuration measured again is replaced, new modes are added).
+# Parts (PARTS, comma-separated, in this order; default all):
+#   sweep           kernel sweep: 640x640 fp16 batch 1/8/16; 640x640 bf16, fp32 batch 1/16;
+#                   320x256 and 1280x1280 fp16 batch 1/16 (every op, scale and available backend)
+#   model           whole models n/s/l/x, batch 1/16, fp16/fp32, eager and CUDA graph
+#   model_compiled  torch.compile (compiled) and the compiled forward in a CUDA graph (compiled_graph),
+#                   fp16, YOLOv13-n batch 1 640x640, YOLOv13-x batch 16 640x640, YOLOv13-x batch 4
+#                   1280x1280, backends in the order naive, auto, triton, sdpa, flash. Every backend
+#                   compiles cold (1-2 minutes for YOLOv13-x), so the default budget reaches about
+#                   naive, auto and triton per shape: run again with BACKENDS_COMPILED=sdpa,flash
+#   train_step      forward + backward under AMP fp16, YOLOv13-n batch 16 and YOLOv13-x batch 8,
+#                   640x640, every backend, 3 rounds in rotated order (best round kept)
+# Environment:
+#   RES                 results folder (default bench/results/<gpu>-<date>)
+#   B_SWEEP B_MODEL B_COMPILED B_TRAIN   seconds of budget per part (defaults below)
+#   BACKENDS_COMPILED   backends of model_compiled (default naive,auto,triton,sdpa,flash)
+#   WHEELS              if set, install these wheels first (pip --no-index --no-deps into a private
+#                       folder put on PYTHONPATH), e.g. for a machine without Ultralytics
+#   TARBALL             if set, also pack the results folder into this .tar.gz file
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-bench/results/gpu-$(date -u +%Y-%m-%d)}"
-RES="${RES:-/tmp/bench_results}"
-mkdir -p "$OUT" "$RES"
-B640="${B640:-100}"       # seconds of budget per part
-B640X="${B640X:-75}"
-BEXTRA="${BEXTRA:-60}"
-BMODEL="${BMODEL:-135}"
-SAMPLES="${SAMPLES:-10}"
-
-pack() {
-    tar -czf "$OUT/bench_results.tar.gz" -C "$RES" . 2>/dev/null
-    cp "$RES"/kernel_sweep.md "$RES"/model_latency.md "$RES"/summary.txt "$OUT"/ 2>/dev/null
-    true
-}
-trap pack EXIT
-
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-export PYTHONUNBUFFERED=1
+PARTS="${PARTS:-sweep,model,model_compiled,train_step}"
+B_SWEEP="${B_SWEEP:-240}"
+B_MODEL="${B_MODEL:-135}"
+B_COMPILED="${B_COMPILED:-300}"
+B_TRAIN="${B_TRAIN:-80}"
+BACKENDS_COMPILED="${BACKENDS_COMPILED:-naive,auto,triton,sdpa,flash}"
+if [ -n "${WHEELS:-}" ]; then
+    site="${TMPDIR:-/tmp}/yolo13_attn_bench_site"
+    python3 -m pip install -q --no-index --no-deps --target "$site" "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1  # this checkout's yolo13_attn
+RES="${RES:-bench/results/$(python3 -c 'import torch, re; print(re.sub("[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()))')-$(date -u +%Y-%m-%d)}"
+mkdir -p "$RES"
 start=$(date +%s)
-el() { echo "$(( $(date +%s) - start ))s"; }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; python3 -m yolo13_attn info; } > "$RES/environment.txt" 2>&1
+el() { echo "$(($(date +%s) - start))s"; }
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; python3 -m yolo13_attn info; } >"$RES/environment.txt" 2>&1
 grep -E "NVIDIA|torch|triton|ultralytics|  (triton|cuda|flash|sdpa|naive) " "$RES/environment.txt" | head -20
 
-sweep() {  # $1 log name, $2 budget, rest: flags
-    local log=$1 budget=$2; shift 2
-    timeout $(( budget + 90 )) python3 bench/kernel_sweep.py --out "$RES" --samples "$SAMPLES" --budget-s "$budget" "$@" > "$RES/$log" 2>&1
-    echo "  rc $? - $(grep -c '^\[' "$RES/$log") configurations; $(grep -c 'check FAIL' "$RES/$log") failed checks; $(grep -cE ' (error|oom): ' "$RES/$log") errors; $(el)"
+run() { # $1 log name, $2 budget (s), rest: the script and its flags; SIGTERM at budget + 150 s writes what ran
+    local log=$1 budget=$2
+    shift 2
+    timeout --kill-after=60 $((budget + 150)) python3 "$@" --out "$RES" --append --budget-s "$budget" >"$RES/$log" 2>&1
+    echo "  rc $?; $(grep -cE 'check FAIL' "$RES/$log") failed checks; $(grep -cE ' (error|oom): ' "$RES/$log") errors; $(el)"
 }
-echo "== kernel sweep 640x640 fp16 ($(el))"
-sweep kernel_sweep_640_fp16.log "$B640" --images 640x640 --dtypes fp16 --batches 1,8,16
-echo "== kernel sweep 640x640 bf16, fp32 ($(el))"
-sweep kernel_sweep_640_bf16_fp32.log "$B640X" --append --images 640x640 --dtypes bf16,fp32 --batches 1,16
-echo "== kernel sweep 320x256, 1280x1280 fp16 ($(el))"
-sweep kernel_sweep_320_1280.log "$BEXTRA" --append --images 320x256,1280x1280 --dtypes fp16 --batches 1,16
-
-echo "== model latency ($(el))"
-timeout $(( BMODEL + 120 )) python3 bench/model_latency.py --out "$RES" --scales n,s,l,x --batches 1,16 --dtypes fp16,fp32 \
-    --eager-budget-s 0.5 --budget-s "$BMODEL" > "$RES/model_latency.log" 2>&1
-echo "  rc $?; $(grep -c ' check ' "$RES/model_latency.log") configurations; $(el)"
-grep -iE "error|traceback" "$RES/model_latency.log" | head -n 10
-
+if has sweep; then
+    third=$((B_SWEEP / 3))
+    echo "== kernel sweep ($(el))"
+    run kernel_sweep_640_fp16.log "$third" bench/kernel_sweep.py --images 640x640 --dtypes fp16 --batches 1,8,16 --samples 10
+    run kernel_sweep_640_bf16_fp32.log "$third" bench/kernel_sweep.py --images 640x640 --dtypes bf16,fp32 --batches 1,16 --samples 10
+    run kernel_sweep_320_1280.log "$third" bench/kernel_sweep.py --images 320x256,1280x1280 --dtypes fp16 --batches 1,16 --samples 10
+fi
+if has model; then
+    echo "== model latency, eager and CUDA graph ($(el))"
+    run model_latency.log "$B_MODEL" bench/model_latency.py --scales n,s,l,x --batches 1,16 --dtypes fp16,fp32 --mode-budget-s 0.5
+fi
+if has model_compiled; then
+    echo "== model latency, torch.compile ($(el))"
+    run model_compiled.log "$B_COMPILED" bench/model_latency.py --cases n:1:640,x:16:640,x:4:1280 --dtypes fp16 \
+        --modes compiled,compiled_graph --backends "$BACKENDS_COMPILED"
+fi
+if has train_step; then
+    echo "== training step ($(el))"
+    run train_step.log "$B_TRAIN" bench/model_latency.py --cases n:16:640,x:8:640 --dtypes fp16 --modes train_step
+fi
+grep -hiE "traceback|error:" "$RES"/*.log | head -n 10
 echo "== summary ($(el))"
 python3 bench/summarize.py "$RES" --dtype fp16 --image 640x640 | tee "$RES/summary.txt"
+if [ -n "${TARBALL:-}" ]; then
+    tar -czf "$TARBALL" -C "$RES" . && echo "packed $RES into $TARBALL"
+fi

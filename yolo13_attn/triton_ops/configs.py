@@ -2,7 +2,7 @@
 
 No ``triton.autotune``: autotuning benchmarks on first call (host syncs, many launches), which
 must not happen inside CUDA-graph capture or a compiled region. The tables below were picked on
-an H100 (``bench/triton_gpu_check.py``); every value is a pure function of
+an H100 (a one-off tuning script, in git history; ``bench/results/triton_h100_2026-11-24.md``); every value is a pure function of
 ``(bucket(N), BLOCK_D, dtype)`` and of the SM count, so the launch path has no host sync.
 
 Only ``constexpr`` tile sizes select a compiled variant; token counts, strides and split sizes are
