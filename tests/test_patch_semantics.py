@@ -214,3 +214,34 @@ def test_patching_before_the_model_moves_to_the_gpu_works(yolo, backend):
     expected = {"triton": "area_attention_fwd_kernel", "flash": "flash"}[backend]
     assert all(any(expected in k for k in found[name]) for name in found if name.endswith("attn")), found
     assert all(any("hypergraph" in k for k in found[name]) for name in found if name.endswith("hgnn")), found
+
+
+def test_layers_a_backend_cannot_serve_by_construction_fall_back_with_one_warning():
+    """triton serves head_dim 16-128: a head_dim-8 layer runs what auto picks, named in one warning."""
+    from backend_cases import AREA_BACKENDS
+
+    if "triton" not in AREA_BACKENDS:
+        pytest.skip("triton is not available here")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch.nn.Sequential(AAttn(16, 2, area=2), AAttn(64, 2, area=2)).to(device).eval()
+    reference = copy.deepcopy(model[0])  # unpatched
+    with pytest.warns(UserWarning, match=r"1 layer\(s\).*\n  0: .*head_dim 8 outside \[16, 128\]") as caught:
+        handle = patch(model, "triton")
+    assert len([w for w in caught if "cannot be served" in str(w.message)]) == 1
+    small, large = handle.report()
+    assert small.backend != "triton" and small.why.startswith("fallback: triton (argument) cannot serve")
+    assert large.backend == "triton" and large.why == "requested (argument)"
+    x = torch.rand(1, 16, 4, 6, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](x), reference(x))  # the fallback computes the layer
+
+
+def test_strict_raises_instead_of_falling_back():
+    from backend_cases import AREA_BACKENDS
+
+    if "triton" not in AREA_BACKENDS:
+        pytest.skip("triton is not available here")
+    model = torch.nn.Sequential(AAttn(16, 2, area=2), AAttn(64, 2, area=2))
+    with pytest.raises(BackendUnsupportedError, match=r"^0: backend 'triton' cannot serve.*head_dim 8 outside"):
+        patch(model, "triton", strict=True)
+    assert type(model[0]) is AAttn and type(model[1]) is AAttn

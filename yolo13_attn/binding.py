@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .backends.base import AREA, Backend, KernelPlan, OpCall
-from .backends.registry import AUTO, BackendUnsupportedError, select
+from .backends.registry import AUTO, BackendUnsupportedError, get_backend, select
 
 #: ``(device, dtype, head_dim, requires_grad, has_dropout_mask, compiling)``: what decides the backend of one call
 CallKey = tuple[str, torch.dtype, int, bool, bool, bool]
@@ -73,15 +73,22 @@ def machine_devices() -> list[str]:
 
 @dataclass(frozen=True)
 class Choice:
-    """The backend serving one call key (``backend`` None: no backend can, ``error`` says why)."""
+    """The backend serving one call key (``backend`` None: no backend can, ``error`` says why).
+
+    ``fallback``: why the requested backend cannot serve this layer by construction, when the
+    fastest backend that can serves it instead.
+    """
 
     backend: type[Backend] | None
     plan: KernelPlan | None
     skipped: dict[str, list[str]]
     error: str = ""
+    fallback: str = ""
 
     def why(self, requested: str, source: str) -> str:
         """Short reason; the full reasons of skipped backends are in ``skipped``."""
+        if self.fallback:
+            return f"fallback: {requested} ({source}) cannot serve this layer: {self.fallback}"
         if requested != AUTO:
             return f"requested ({source})"
         if not self.skipped:
@@ -96,17 +103,27 @@ class OpPlan:
     op: str
     requested: str
     source: str
+    strict: bool = False
     choices: dict[CallKey, Choice] = field(default_factory=dict)
 
     def plan(self, key: CallKey) -> Choice:
-        """Select (and remember) the backend for ``key``; a call no backend can serve gets an error choice."""
+        """Select (and remember) the backend for ``key``; a call no backend can serve gets an error choice.
+
+        A named backend that runs here but cannot serve the layer by construction (its head width,
+        autograd, logit dropout) falls back to what ``auto`` picks, unless ``strict``.
+        """
         choice = self.choices.get(key)
         if choice is None:
+            call = call_of(self.op, key)
             try:
-                backend, skipped = select(call_of(self.op, key), self.requested)
-                choice = Choice(backend, backend.plan(call_of(self.op, key)), skipped)
+                backend, skipped = select(call, self.requested)
+                choice = Choice(backend, backend.plan(call), skipped)
             except BackendUnsupportedError as err:
                 choice = Choice(None, None, {}, str(err))
+                requested = get_backend(self.op, self.requested) if self.requested != AUTO else None
+                if requested is not None and not self.strict and not requested.environment_reasons(call):
+                    backend, skipped = select(call, AUTO)
+                    choice = Choice(backend, backend.plan(call), skipped, fallback="; ".join(requested.layer_reasons(call)))
             self.choices[key] = choice
         return choice
 

@@ -112,9 +112,9 @@ def _layer_key(layer: nn.Module, kind: LayerKind, training: bool = False, compil
     return (device, param.dtype, kind.head_dim(layer), training, training and kind.logit_dropout(layer), compiling)
 
 
-def _plan_entry(spec: dict[str, tuple[str, str]], layers: list, check_finite: bool) -> PatchEntry:
+def _plan_entry(spec: dict[str, tuple[str, str]], layers: list, check_finite: bool, strict: bool) -> PatchEntry:
     """Plan every call the layers can make on this machine; raise if a layer can run nowhere."""
-    plans = {op: OpPlan(op, name, source) for op, (name, source) in spec.items()}
+    plans = {op: OpPlan(op, name, source, strict) for op, (name, source) in spec.items()}
     devices = machine_devices()
     for op, plan in plans.items():
         plan.plan_ahead({kind.head_dim(layer) for _, layer, kind in layers if kind.op == op}, devices)
@@ -240,7 +240,9 @@ def _apply(target: nn.Module, state: PatchState) -> int:
     return count
 
 
-def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool = False) -> PatchHandle:
+def patch(
+    model: nn.Module, backend: BackendSpec = None, *, strict: bool = False, check_finite: bool = False
+) -> PatchHandle:
     """Serve the attention layers of ``model`` with ``backend``.
 
     Args:
@@ -249,6 +251,9 @@ def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool =
         backend: ``"auto"``, ``"naive"``, ``"sdpa"``, ``"flash"``, ``"triton"``, ``"cuda"``, a dict per op
             (``{"area": "flash", "hypergraph": "sdpa"}``; ops not named keep what they had), or None for
             ``$YOLO13_ATTN_BACKEND`` (default ``auto``).
+        strict: a layer the named backend cannot serve by construction (FA2 with head_dim > 256 or
+            with the hypergraph's training-mode logit dropout, ...) raises instead of running the
+            fastest backend that can serve it (the default, with one warning naming each such layer).
         check_finite: raise ValueError naming the layer when an attention input holds NaN/inf.
             Costs a host sync per layer call (breaks CUDA-graph capture): for debugging.
 
@@ -269,12 +274,32 @@ def patch(model: nn.Module, backend: BackendSpec = None, *, check_finite: bool =
             stacklevel=2,
         )
         return PatchHandle(model, None, None)
-    entry = _plan_entry(spec, layers, check_finite)
+    entry = _plan_entry(spec, layers, check_finite, strict)
     state = _state_for(root)
     state.push(entry)
     _apply(model, state)
     _announce(type(root).__name__, entry, layers)
+    _warn_fallbacks(type(root).__name__, entry, layers)
     return PatchHandle(model, state, entry)
+
+
+def _warn_fallbacks(model_name: str, entry: PatchEntry, layers: list) -> None:
+    """One warning per patched model naming each layer that runs a fallback backend, and why."""
+    found: dict[str, set[str]] = {}
+    for name, layer, kind in layers:
+        plan = entry.plans[kind.op]
+        _, dtype, head_dim = _layer_key(layer, kind)[:3]
+        for key, choice in plan.choices.items():
+            if choice.fallback and key[1:3] == (dtype, head_dim) and not key[5]:
+                mode = "training" if key[3] else "inference"
+                found.setdefault(name, set()).add(f"{mode} on {key[0]} -> {choice.backend.name} ({choice.fallback})")
+    if found:
+        lines = "\n".join(f"  {name}: {'; '.join(sorted(why))}" for name, why in found.items())
+        warnings.warn(
+            f"yolo13_attn.patch({model_name}): {len(found)} layer(s) cannot be served by the requested backend "
+            f"by construction and run the fastest backend that can (strict=True raises instead):\n{lines}",
+            stacklevel=3,
+        )
 
 
 def _announce(model_name: str, entry: PatchEntry, layers: list) -> None:

@@ -96,6 +96,11 @@ class Backend:
     @classmethod
     def not_supported_reasons(cls, call: OpCall) -> list[str]:
         """Every reason this backend cannot serve ``call``; empty when it can."""
+        return cls.environment_reasons(call) + cls.layer_reasons(call)
+
+    @classmethod
+    def environment_reasons(cls, call: OpCall) -> list[str]:
+        """Reasons that come from where the call runs: package, build, device, dtype, GPU generation."""
         reasons = list(cls.availability_reasons())
         if call.op != cls.op:
             reasons.append(f"implements op {cls.op!r}, not {call.op!r}")
@@ -104,6 +109,14 @@ class Backend:
         if call.dtype not in cls.dtypes:
             names = sorted(str(d).removeprefix("torch.") for d in cls.dtypes)
             reasons.append(f"dtype {str(call.dtype).removeprefix('torch.')} not supported (supports {names})")
+        return reasons + cls.extra_reasons(call)
+
+    @classmethod
+    def layer_reasons(cls, call: OpCall) -> list[str]:
+        """Reasons that come from the layer itself (its head width, training with autograd or logit
+        dropout): a layer this backend cannot serve by construction. ``patch()`` lets such layers
+        fall back to the fastest backend that can serve them, unless ``strict=True``."""
+        reasons = []
         if call.head_dim < cls.min_head_dim or (cls.max_head_dim is not None and call.head_dim > cls.max_head_dim):
             reasons.append(f"head_dim {call.head_dim} outside [{cls.min_head_dim}, {cls.max_head_dim or 'inf'}]")
         elif call.head_dim % cls.head_dim_multiple:
@@ -112,7 +125,7 @@ class Backend:
             reasons.append("no backward: inputs require grad")
         if call.has_dropout_mask and not cls.supports_dropout_mask:
             reasons.append("cannot apply the training-mode logit dropout mask")
-        return reasons + cls.extra_reasons(call)
+        return reasons
 
     @classmethod
     def auto_reasons(cls, call: OpCall) -> list[str]:
