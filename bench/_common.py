@@ -25,7 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 #: column order of the backends in tables and plots (``naive`` = the unpatched baseline)
-BACKEND_ORDER = ["naive", "auto", "flash", "sdpa", "triton", "cuda"]
+BACKEND_ORDER = ["naive", "fa2path", "auto", "flash", "sdpa", "triton", "cuda"]
+#: named per-op patches: ``fa2path`` runs the kernels of the official YOLOv13 code's flash branch
+#: (area attention on FlashAttention-2, the hypergraph in plain PyTorch)
+SPECS = {"fa2path": {"area": "flash", "hypergraph": "naive"}}
+
+
+def patch_spec(name: str) -> str | dict[str, str]:
+    """What ``yolo13_attn.patch`` takes for a backend column name."""
+    return SPECS.get(name, name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -154,14 +162,15 @@ def choose_backends(
     On CPU the Triton backend would run in its interpreter: skipped unless named.
     """
     avail = backend_availability()
-    names = ordered({n for entries in avail.values() for n in entries} | {"auto"}, BACKEND_ORDER)
+    names = ordered({n for entries in avail.values() for n in entries} | {"auto", *SPECS}, BACKEND_ORDER)
     unknown = [n for n in requested or [] if n not in names]
     if unknown:
         raise SystemExit(f"unknown backend(s) {unknown}; valid: {', '.join(names)}")
     wanted = requested or [n for n in names if n != "auto" or default_auto]
     chosen, skipped = [], {}
     for name in wanted:
-        entries = [avail[op][name] for op in avail if name in avail[op]]
+        parts = set(SPECS[name].values()) if name in SPECS else {name}
+        entries = [avail[op][part] for op in avail for part in parts if part in avail[op] and part != "naive"]
         if name != "auto" and not any(e["available"] for e in entries):
             skipped[name] = "unavailable: " + "; ".join(sorted({r for e in entries for r in e["reasons"]}))
         elif name == "triton" and cpu_mode and not requested:

@@ -2,7 +2,7 @@
 """Whole-model latency of YOLOv13 per attention backend: eager, CUDA graph, torch.compile, training step.
 
 ``naive`` is the unpatched model; every other backend (``auto`` included) is
-``yolo13_attn.patch(model, backend)``. Models: seeded random weights, BN calibrated then fused, eval,
+``yolo13_attn.patch(model, C.patch_spec(backend))``. Models: seeded random weights, BN calibrated then fused, eval,
 cast to the dtype, ``torch.inference_mode`` (``bench/model_check.py``).
 
 Modes (``--modes``):
@@ -238,7 +238,7 @@ def run_group(
         try:
             if budget.exhausted():
                 raise TimeoutError("time budget exhausted")
-            handle = None if backend == "naive" else yolo13_attn.patch(model, backend)
+            handle = None if backend == "naive" else yolo13_attn.patch(model, C.patch_spec(backend))
             info["report"] = C.served_by(handle)
             info["check"] = ref.check(model, dtype, handle)
             if not args.no_profile:

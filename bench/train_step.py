@@ -78,7 +78,7 @@ def time_rounds(
             res = results.setdefault(backend, {"round_medians": []})
             handle = None
             try:
-                handle = None if backend == "naive" else yolo13_attn.patch(model, backend)
+                handle = None if backend == "naive" else yolo13_attn.patch(model, C.patch_spec(backend))
                 timing = time_calls([step], device, graph=False, samples=steps, min_sample_ms=0.0, max_total_s=30.0)
                 model.zero_grad(set_to_none=True)  # what is allocated before the step excludes gradients
                 loss, peak = measure_peak(step, device)

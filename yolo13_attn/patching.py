@@ -288,11 +288,12 @@ def _warn_fallbacks(model_name: str, entry: PatchEntry, layers: list) -> None:
     found: dict[str, set[str]] = {}
     for name, layer, kind in layers:
         plan = entry.plans[kind.op]
-        _, dtype, head_dim = _layer_key(layer, kind)[:3]
-        for key, choice in plan.choices.items():
-            if choice.fallback and key[1:3] == (dtype, head_dim) and not key[5]:
-                mode = "training" if key[3] else "inference"
-                found.setdefault(name, set()).add(f"{mode} on {key[0]} -> {choice.backend.name} ({choice.fallback})")
+        for training in (False, True):
+            own = _layer_key(layer, kind, training=training)
+            for key, choice in plan.choices.items():
+                if choice.fallback and key[1:] == own[1:]:
+                    mode = "training" if training else "inference"
+                    found.setdefault(name, set()).add(f"{mode} on {key[0]} -> {choice.backend.name} ({choice.fallback})")
     if found:
         lines = "\n".join(f"  {name}: {'; '.join(sorted(why))}" for name, why in found.items())
         warnings.warn(
