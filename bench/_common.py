@@ -169,8 +169,8 @@ def choose_backends(
     wanted = requested or [n for n in names if n != "auto" or default_auto]
     chosen, skipped = [], {}
     for name in wanted:
-        parts = set(SPECS[name].values()) if name in SPECS else {name}
-        entries = [avail[op][part] for op in avail for part in parts if part in avail[op] and part != "naive"]
+        parts = set(SPECS[name].values()) - {"naive"} if name in SPECS else {name}
+        entries = [avail[op][part] for op in avail for part in parts if part in avail[op]]
         if name != "auto" and not any(e["available"] for e in entries):
             skipped[name] = "unavailable: " + "; ".join(sorted({r for e in entries for r in e["reasons"]}))
         elif name == "triton" and cpu_mode and not requested:

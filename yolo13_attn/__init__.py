@@ -10,7 +10,7 @@ import sys
 
 from .backends import BackendUnsupportedError, available_backends
 from .integration import install as _install_into_ultralytics
-from .ops import area_attention, hypergraph_aggregate, hypergraph_scatter
+from .functional import area_attention, hypergraph_aggregate, hypergraph_scatter
 from .patching import LayerReport, PatchHandle, attention_layers, patch, unpatch
 from .profiling import format_kernels_by_layer, kernels_by_layer
 

@@ -18,9 +18,8 @@ from torch import Tensor, nn
 from . import nn as v13
 from .backends.base import AREA, HYPERGRAPH
 from .binding import Binding, area_call_key, hypergraph_call_key
-from .integration.checkpoints import pickled_class, reduce_as
 from .nn.area_attention import heads_view
-from .ops.area_attention import area_attention
+from .functional import area_attention
 from .ops.checks import check_finite
 
 BINDING_ATTR = "_yolo13_binding"
@@ -90,7 +89,8 @@ class PatchedLayer:
         return twin
 
     def __reduce_ex__(self, protocol: int):
-        return reduce_as(pickled_class(self._unpatched_class), self.unpatched_twin().__dict__)
+        """Pickled exactly as the unpatched layer would be (a checkpoint holds no patched state)."""
+        return self.unpatched_twin().__reduce_ex__(protocol)
 
     def __deepcopy__(self, memo: dict) -> nn.Module:
         clone = copy.deepcopy(self.unpatched_twin(), memo)

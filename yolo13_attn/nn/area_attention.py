@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ultralytics.nn.modules.block import C3k
 from ultralytics.nn.modules.conv import Conv
 
-from ..ops.area_attention import area_attention
+from ..functional import area_attention
 from .layer_hooks import AreaAttentionLayer
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from ultralytics.nn.modules.conv import Conv
 
-from ..ops.hypergraph import hypergraph_aggregate, hypergraph_scatter
+from ..functional import hypergraph_aggregate, hypergraph_scatter
 from ..ops.reference import hyperedge_logits, hypergraph_scale
 from .blocks import DSBottleneck, DSC3k, FuseModule
 from .layer_hooks import HypergraphLayer

@@ -1,7 +1,8 @@
-"""The ops: backend-dispatched entry points and the one reference implementation."""
+"""The ops' one reference implementation (``reference.py``) and the input checks every entry point shares.
 
-from .area_attention import area_attention
-from .hypergraph import hypergraph_aggregate, hypergraph_scatter
+The backend-dispatched public functions are in :mod:`yolo13_attn.functional`.
+"""
+
 from .reference import (
     area_attention_reference,
     hypergraph_aggregate_reference,
@@ -10,11 +11,8 @@ from .reference import (
 )
 
 __all__ = [
-    "area_attention",
     "area_attention_reference",
-    "hypergraph_aggregate",
     "hypergraph_aggregate_reference",
     "hypergraph_scale",
-    "hypergraph_scatter",
     "hypergraph_scatter_reference",
 ]

@@ -8,11 +8,13 @@ module); ``scatter`` reuses ``exp(logit - lse)`` to send hyperedge features back
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor
 
 from ..backends.base import HYPERGRAPH, HypergraphBackend, OpCall
 from ..backends.registry import AUTO, resolve
-from .checks import LayerRef, check_hypergraph_inputs, check_scale, check_scatter_inputs
+from ..ops.checks import LayerRef, check_hypergraph_inputs, check_scale, check_scatter_inputs
 
 
 def resolve_hypergraph_backend(
@@ -20,7 +22,8 @@ def resolve_hypergraph_backend(
 ) -> type[HypergraphBackend]:
     """The backend class that serves this call (``backend`` may already be one); TypeError/ValueError for
     anything that is not a backend name or class."""
-    return resolve(backend, HYPERGRAPH, lambda: OpCall.for_hypergraph(x, xp, prototypes, dropout_mask))  # type: ignore[return-value]
+    call = lambda: OpCall.for_hypergraph(x, xp, prototypes, dropout_mask)  # noqa: E731
+    return cast(type[HypergraphBackend], resolve(backend, HYPERGRAPH, call))
 
 
 def hypergraph_aggregate(

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor
 
 from ..backends.base import AREA, AreaAttentionBackend, OpCall
 from ..backends.registry import AUTO, resolve
-from .checks import LayerRef, check_area_inputs, check_scale
+from ..ops.checks import LayerRef, check_area_inputs, check_scale
 
 
 def resolve_area_backend(q: Tensor, k: Tensor, v: Tensor, backend: object) -> type[AreaAttentionBackend]:
     """The backend class that serves this call of q/k/v ``(B, heads, head_dim, N)`` (``backend`` may
     already be one); TypeError/ValueError for anything that is not a backend name or class."""
-    return resolve(backend, AREA, lambda: OpCall.for_area(q, k, v))  # type: ignore[return-value]
+    return cast(type[AreaAttentionBackend], resolve(backend, AREA, lambda: OpCall.for_area(q, k, v)))
 
 
 def area_attention(
