@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
-from yolo13_attn.backends.registry import PRIORITY
+from yolo13_attn.backends.registry import priority
 from yolo13_attn.testing import baseline_dtype
 
 HAS_CUDA = torch.cuda.is_available()
@@ -16,7 +16,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def available(op: str) -> list[str]:
     """Backends of ``op`` that can run on this machine at all (each is then checked per call)."""
-    return [name for name in PRIORITY[op] if get_backend(op, name).is_available()]
+    return [name for name in priority(op) if get_backend(op, name).is_available()]
 
 
 AREA_BACKENDS = available(AREA)

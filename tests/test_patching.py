@@ -114,7 +114,7 @@ def test_predict_runs_on_the_patched_backend(monkeypatch, yolo):
 
 
 def test_unknown_backend_lists_valid_names(yolo):
-    with pytest.raises(ValueError, match="valid backends: auto, naive, sdpa, flash, triton, cuda"):
+    with pytest.raises(ValueError, match="valid backends: auto, naive, sdpa, flash, cuda, triton"):
         patch(yolo, "cudnn")
     with pytest.raises(ValueError, match="unknown op"):
         patch(yolo, {"conv": "sdpa"})

@@ -46,12 +46,12 @@ def environment() -> dict[str, str]:
 
 
 def info() -> None:
-    from .backends import PRIORITY, available_backends
+    from .backends import available_backends, priority
 
     for key, value in environment().items():
         print(f"{key:>20}: {value}")
     for op, backends in available_backends().items():
-        print(f"\n{op} backends, auto priority {' > '.join(PRIORITY[op])}:")
+        print(f"\n{op} backends, auto priority {' > '.join(priority(op))}:")
         for name, entry in backends.items():
             state = "available" if entry["available"] else "unavailable: " + "; ".join(entry["reasons"])
             dtypes = ",".join(entry["dtypes"])
@@ -93,13 +93,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _backend_name(value: str) -> str:
-    from .backends.registry import VALID_NAMES, validate_name
+    from .backends.registry import AUTO, backend_names, validate_name
 
     try:
         return validate_name(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"unknown backend {value!r}; valid backends: {', '.join(VALID_NAMES)}"
+            f"unknown backend {value!r}; valid backends: {', '.join((AUTO, *backend_names()))}"
         ) from None
 
 

@@ -120,12 +120,19 @@ class OpPlan:
                 choice = Choice(backend, backend.plan(call), skipped)
             except BackendUnsupportedError as err:
                 choice = Choice(None, None, {}, str(err))
-                requested = get_backend(self.op, self.requested) if self.requested != AUTO else None
+                requested = self._requested_backend()
                 if requested is not None and not self.strict and not requested.environment_reasons(call):
                     backend, skipped = select(call, AUTO)
                     choice = Choice(backend, backend.plan(call), skipped, fallback="; ".join(requested.layer_reasons(call)))
             self.choices[key] = choice
         return choice
+
+    def _requested_backend(self) -> type[Backend] | None:
+        """The named backend's class for this op (None for ``auto`` or a backend without this op)."""
+        try:
+            return None if self.requested == AUTO else get_backend(self.op, self.requested)
+        except BackendUnsupportedError:
+            return None
 
     def plan_ahead(self, head_dims: set[int], devices: list[str]) -> None:
         """Plan every call the layers can make on ``devices``: dtypes x head dims x grad x dropout x compiled."""

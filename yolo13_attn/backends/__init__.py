@@ -3,12 +3,12 @@
 from .base import AREA, HYPERGRAPH, AreaAttentionBackend, Backend, HypergraphBackend, KernelPlan, OpCall
 from .registry import (
     AUTO,
-    BACKEND_NAMES,
-    PRIORITY,
     BackendUnsupportedError,
     available_backends,
+    backend_names,
     default_backend,
     get_backend,
+    priority,
     select,
     validate_name,
     validate_spec,
@@ -17,9 +17,7 @@ from .registry import (
 __all__ = [
     "AREA",
     "AUTO",
-    "BACKEND_NAMES",
     "HYPERGRAPH",
-    "PRIORITY",
     "AreaAttentionBackend",
     "Backend",
     "BackendUnsupportedError",
@@ -27,6 +25,8 @@ __all__ = [
     "KernelPlan",
     "OpCall",
     "available_backends",
+    "backend_names",
+    "priority",
     "default_backend",
     "get_backend",
     "select",

@@ -70,6 +70,10 @@ class Backend:
     """
 
     name: ClassVar[str]
+    #: ``auto``'s rank for this op, lower first (measured: bench/results); None: auto never picks it
+    priority: ClassVar[float | None] = None
+    #: the rank under ``torch.compile``, where inductor fuses the reference's math itself
+    compiled_priority: ClassVar[float | None] = None
     op: ClassVar[str]
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
     #: devices / dtypes for which ``auto`` may pick this backend (None: all it supports)

@@ -15,6 +15,7 @@ from .registry import register
 class _CudaDeclaration:
     name = "cuda"
     devices = frozenset({"cuda"})
+    priority = compiled_priority = 20
 
     @classmethod
     def availability_reasons(cls) -> list[str]:

@@ -93,6 +93,8 @@ class _FlashDeclaration:
 
 @register
 class FlashAreaAttention(_FlashDeclaration, AreaAttentionBackend):
+    # under torch.compile its cast-and-copy path measured slower than inductor's own code: auto leaves it out
+    priority, compiled_priority = 30, None
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
     description = "FlashAttention-2 on (B*area, N/area, heads, head_dim) copies; fp32 computed in fp16"
 
@@ -110,6 +112,7 @@ class FlashAreaAttention(_FlashDeclaration, AreaAttentionBackend):
 @register
 class FlashHypergraph(_FlashDeclaration, HypergraphBackend):
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
+    priority, compiled_priority = 40, None
     supports_dropout_mask = False
     description = (
         "aggregation through FA2 (M prototype queries, head dim D <= 256, no logit dropout: FA2 takes "

@@ -17,6 +17,7 @@ from .registry import register
 @register
 class NaiveAreaAttention(AreaAttentionBackend):
     name = "naive"
+    priority = compiled_priority = 100  # serves every call: the last resort
     description = "reference matmul + softmax (ops/reference.py) in the input dtype, as the official code"
 
     @classmethod
@@ -31,6 +32,7 @@ class NaiveAreaAttention(AreaAttentionBackend):
 @register
 class NaiveHypergraph(HypergraphBackend):
     name = "naive"
+    priority = compiled_priority = 100
     description = "reference matmul + softmax over vertices (ops/reference.py) in the input dtype, as the official code"
 
     @classmethod

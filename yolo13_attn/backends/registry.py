@@ -8,26 +8,16 @@ grad), never at global device state.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from .base import AREA, HYPERGRAPH, OPS, Backend, OpCall
 
-BACKEND_NAMES = ("naive", "sdpa", "flash", "triton", "cuda")
 AUTO = "auto"
 DEFAULT_BACKEND_ENV = "YOLO13_ATTN_BACKEND"
-
-# Fastest first; measured on an H100 (bench/results). The fused, layout-aware kernels lead.
-PRIORITY: dict[str, tuple[str, ...]] = {
-    AREA: ("triton", "cuda", "flash", "sdpa", "naive"),
-    HYPERGRAPH: ("triton", "cuda", "sdpa", "flash", "naive"),
-}
-# Under torch.compile inductor fuses the reference's softmax and layout copies itself; flash's
-# cast-and-copy path measured slower there than inductor's own code, so auto leaves it out.
-PRIORITY_COMPILED: dict[str, tuple[str, ...]] = {
-    AREA: ("triton", "cuda", "sdpa", "naive"),
-    HYPERGRAPH: ("triton", "cuda", "sdpa", "naive"),
-}
 
 _BACKENDS: dict[tuple[str, str], type[Backend]] = {}
 _ALL_LOADED = False
@@ -38,31 +28,54 @@ class BackendUnsupportedError(RuntimeError):
 
 
 def register(cls: type[Backend]) -> type[Backend]:
-    """Class decorator: make ``cls`` the implementation of ``(cls.op, cls.name)``."""
-    if cls.name not in BACKEND_NAMES or cls.op not in OPS:
-        raise ValueError(f"unknown backend {cls.name!r} / op {cls.op!r}")
+    """Class decorator: make ``cls`` the implementation of ``(cls.op, cls.name)``.
+
+    A backend is one module of this package that declares its classes and decorates them; nothing
+    else lists backends. Another package may register its own classes too.
+    """
+    if cls.op not in OPS:
+        raise ValueError(f"{cls.__name__}: unknown op {cls.op!r}; ops are {list(OPS)}")
+    if not cls.name.isidentifier() or cls.name == AUTO:
+        raise ValueError(f"{cls.__name__}: {cls.name!r} cannot name a backend")
     _BACKENDS[(cls.op, cls.name)] = cls
     return cls
 
 
 def _load_backends() -> None:
-    """Import every backend module once; each registers its own classes when imported."""
+    """Import every module of this package once; each backend module registers its own classes."""
     global _ALL_LOADED
     if not _ALL_LOADED:
-        from . import cuda, flash, naive, sdpa, triton  # noqa: F401
-
         _ALL_LOADED = True
+        for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if module.name not in ("base", "registry"):
+                importlib.import_module(f"{__package__}.{module.name}")
 
 
-VALID_NAMES = (AUTO, *BACKEND_NAMES)
+def backend_names() -> tuple[str, ...]:
+    """Every registered backend name, the reference first, then by the area op's ``auto`` rank, fastest last."""
+    _load_backends()
+    rank = {cls.name: cls.priority or 0 for (op, _), cls in _BACKENDS.items() if op == AREA}
+    return tuple(sorted({name for _, name in _BACKENDS}, key=lambda name: -rank.get(name, 0)))
+
+
+def priority(op: str, compiling: bool = False) -> tuple[str, ...]:
+    """``auto``'s order for ``op``, fastest first, from each backend's declared ``priority`` (or
+    ``compiled_priority`` under ``torch.compile``, where None leaves the backend out)."""
+    _load_backends()
+    ranked = []
+    for (backend_op, name), cls in _BACKENDS.items():
+        rank = cls.compiled_priority if compiling else cls.priority
+        if backend_op == op and rank is not None:
+            ranked.append((rank, name))
+    return tuple(name for _, name in sorted(ranked))
 
 
 def _valid() -> str:
-    return ", ".join(VALID_NAMES)
+    return ", ".join((AUTO, *backend_names()))
 
 
 def validate_name(value: object, *, source: str = "backend") -> str:
-    """The backend ``value`` names, stripped and lower-cased: ``auto`` or one of :data:`BACKEND_NAMES`.
+    """The backend ``value`` names, stripped and lower-cased: ``auto`` or one of :func:`backend_names`.
 
     ``source`` says where the value came from (an argument such as ``backend`` or ``backend['area']``,
     or ``$YOLO13_ATTN_BACKEND``); both errors name it and list the valid names.
@@ -76,7 +89,7 @@ def validate_name(value: object, *, source: str = "backend") -> str:
             f"{source} must be a backend name (str), got {type(value).__name__} {value!r}; valid backends: {_valid()}"
         )
     name = value.strip().lower()
-    if name not in VALID_NAMES:
+    if name != AUTO and name not in backend_names():
         raise ValueError(f"{source}={value!r} is not a backend; valid backends: {_valid()}")
     return name
 
@@ -133,12 +146,15 @@ def resolve(backend: object, op: str, describe: Callable[[], OpCall]) -> type[Ba
 def get_backend(op: str, name: str) -> type[Backend]:
     """The class implementing ``op`` in backend ``name`` (any case)."""
     _load_backends()
-    return _BACKENDS[(op, validate_name(name))]
+    key = (op, validate_name(name))
+    if key not in _BACKENDS:
+        raise BackendUnsupportedError(f"backend {name!r} has no {op} implementation")
+    return _BACKENDS[key]
 
 
 def backends_for(op: str) -> list[type[Backend]]:
     """All backends of ``op`` in priority order."""
-    return [get_backend(op, name) for name in PRIORITY[op]]
+    return [get_backend(op, name) for name in priority(op)]
 
 
 def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[str]]]:
@@ -149,7 +165,7 @@ def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[
     backend) cannot serve the call.
     """
     requested = validate_name(requested)
-    names = (PRIORITY_COMPILED if call.compiling else PRIORITY)[call.op] if requested == AUTO else (requested,)
+    names = priority(call.op, call.compiling) if requested == AUTO else (requested,)
     skipped: dict[str, list[str]] = {}
     for name in names:
         backend = get_backend(call.op, name)

@@ -35,6 +35,7 @@ def sdpa_kernel_choice(call: OpCall, seq_q: int = 64, seq_k: int = 64, with_mask
 @register
 class SdpaAreaAttention(AreaAttentionBackend):
     name = "sdpa"
+    priority, compiled_priority = 40, 30
     deterministic = False
     description = "torch scaled_dot_product_attention on (B*area, heads, N/area, head_dim) copies"
 
@@ -54,6 +55,7 @@ class SdpaAreaAttention(AreaAttentionBackend):
 @register
 class SdpaHypergraph(HypergraphBackend):
     name = "sdpa"
+    priority = compiled_priority = 30
     deterministic = False
     description = (
         "aggregation as SDPA with the M prototypes as queries (logit dropout as an additive bias); "

@@ -57,6 +57,7 @@ def _interpreted() -> bool:
 
 class _TritonDeclaration:
     name = "triton"
+    priority = compiled_priority = 10  # the fused, layout-aware kernels lead
     devices = frozenset({"cuda", "cpu"} if _INTERPRET_AT_IMPORT else {"cuda"})
     auto_devices = frozenset({"cuda"})  # the interpreter serves explicit requests (tests), never auto
     # full IEEE fp32 (no TF32) is no faster than the reference on H100 (bench/results): auto takes it for half types
