@@ -336,3 +336,15 @@ def test_ultralytics_predict_compile_option_runs_the_backends_kernels():
     kernels = profiled_kernels(lambda: yolo.predict(ASSETS / "bus.jpg", **args))
     assert ran(kernels, BACKEND_KERNELS["triton"]), sorted(set(kernels))
     assert softmax_launches(kernels) <= DFL_SOFTMAX
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU graphs; the GPU tests profile compiled models instead")
+@pytest.mark.parametrize("scale", ["s", "l", "x"])
+def test_every_scale_compiles_to_one_graph_patched(scale):
+    """Cold start, fullgraph: s/l/x (n is covered above) with the hypergraph and area ops patched."""
+    model = YOLO(f"yolov13{scale}.yaml").model.eval()
+    yolo13_attn.patch(model, "sdpa")
+    with torch.no_grad():
+        graphs, _ = traced_graphs(model, torch.rand(1, 3, 64, 64))
+    assert len(graphs) == 1 and any("scaled_dot_product" in op for op in called(graphs))
