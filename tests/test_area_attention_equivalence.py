@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from backend_cases import AREA_BACKENDS, DEVICES, DTYPES, backend_baseline_dtype, dtype_id, skip_unless_supported
+
 from yolo13_attn import area_attention
-from yolo13_attn.backends import AREA, OpCall
+from yolo13_attn.backends import AREA, OpCall, flash_impls
 from yolo13_attn.backends import flash as flash_backend
-from yolo13_attn.backends import flash_impls
 from yolo13_attn.nn.area_attention import heads_view
 from yolo13_attn.ops.reference import area_attention_reference
 from yolo13_attn.testing import assert_flash_rule
