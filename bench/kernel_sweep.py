@@ -14,6 +14,11 @@ a valid result. GPU timing: CUDA-graph replay over rotated input sets larger tha
 (``bench/timing.py``); floors from peaks measured on the GPU (``bench/peaks.py``). Without a GPU
 (or with ``--cpu``): a small, labelled CPU smoke sweep into ``bench/results/cpu/``. Details:
 ``bench/README.md``.
+
+The ``flash`` backend's records name the implementation that ran (``flash_impl``: ``fa2``, ``fa4`` or
+``torch``, see ``yolo13_attn/backends/flash_impls.py``). ``--flash-impls fa4,torch`` adds a backend
+column per implementation (``flash:fa4``, ``flash:torch``): the flash backend forced to it, timed in
+the same process beside the others.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from plots import Panel, speedup_figure
 from timing import input_sets, measure_peak, time_calls
 
 import yolo13_attn
+from yolo13_attn.backends import flash_impls
 from yolo13_attn.nn import AAttn, AdaHGComputation
 from yolo13_attn.nn.area_attention import heads_view
 from yolo13_attn.ops import area_attention_reference, hypergraph_scale
@@ -330,8 +336,46 @@ def check_record(reports: list[tuple], dtype: torch.dtype) -> dict:
     return {"pass": all(r.ok for _, r in reports), "baseline_dtype": C.dtype_name(dtype), **errors, "outputs": outputs}
 
 
-def run_config(group: Group, backend: str, args, device: str) -> dict:
-    """Check one backend on the group's set 0, then time it: the record's status, check and timing."""
+FLASH = "flash"
+
+
+def flash_variant(label: str) -> tuple[str, str | None]:
+    """``"flash:fa4"`` -> ``("flash", "fa4")`` (the flash backend forced to one implementation); else ``(label, None)``."""
+    backend, _, impl = label.partition(":")
+    return (backend, impl) if backend == FLASH and impl else (label, None)
+
+
+def flash_variants(backends: list[str], skipped: dict[str, str], impls: list[str]) -> list[str]:
+    """``backends`` with a ``flash:<impl>`` label after ``flash`` per implementation (skipped with flash)."""
+    labels = [f"{FLASH}:{impl}" for impl in impls]
+    if FLASH in skipped:
+        skipped.update(dict.fromkeys(labels, skipped[FLASH]))
+        return backends
+    if FLASH not in backends:
+        return backends + labels
+    at = backends.index(FLASH) + 1
+    return backends[:at] + labels + backends[at:]
+
+
+def flash_impl_of(group: Group) -> str:
+    """The implementation the flash backend runs for the group's (inference) calls: ``fa2``/``fa4``/``torch``."""
+    device = torch.device(group.device, torch.cuda.current_device()) if group.device == "cuda" else group.device
+    choice = flash_impls.choice_for(device, HEAD_DIM if group.shape.family == "area" else group.shape.c, False)
+    return choice.impl.key if choice.impl else "none"
+
+
+def run_config(group: Group, label: str, args, device: str) -> dict:
+    """Check one backend on the group's set 0, then time it: the record's status, check and timing.
+    ``label`` is a backend name, or ``flash:<impl>`` for the flash backend forced to one implementation."""
+    backend, impl = flash_variant(label)
+    with flash_impls.forced(impl):
+        rec = _run_config(group, backend, args, device)
+        if backend == FLASH:
+            rec["flash_impl"] = flash_impl_of(group)
+    return rec
+
+
+def _run_config(group: Group, backend: str, args, device: str) -> dict:
     rec = {"status": "", "reason": "", "kernel": "", "check": {}, "timing": None, "peak_mem_mb": None}
     runner = None
     try:
@@ -503,6 +547,8 @@ def markdown(data: dict) -> str:
         flops = ", ".join(f"{v / 1e12:.0f} TFLOP/s {k}" for k, v in peaks["flops"].items())
         lines += [f"Floors: {peaks['bw_Bps'] / 1e12:.2f} TB/s, {flops} ({peaks['how']}). {FLOOR_NOTE}", ""]
     lines += [CELLS_NOTE, ""] + [f"- backend `{name}` skipped: {why}" for name, why in data["skipped_backends"].items()]
+    ran = sorted({(r["backend"], r["flash_impl"]) for r in records if r.get("flash_impl") and r.get("timing")})
+    lines += [f"- backend `{name}` ran the `{impl}` implementation" for name, impl in ran]
     groups = defaultdict(dict)
     for r in sorted(records, key=_sort_key):
         groups[_group_key(r)][r["backend"]] = r
@@ -579,6 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-graph", action="store_true", help="time eager launches instead of CUDA-graph replays")
     p.add_argument("--samples", type=int, default=15, help="timing samples per configuration")
     p.add_argument("--cpu-time-per-config", type=float, default=0.15, help="seconds of timing per configuration on CPU")
+    p.add_argument(
+        "--flash-impls",
+        help=f"comma list of {','.join(flash_impls.IMPLS)}: also run the flash backend forced to each (flash:<impl>)",
+    )
     return p
 
 
@@ -648,6 +698,8 @@ def main(argv=None) -> int:
     cpu_mode = device == "cpu"
     plan = plan_of(args, cpu_mode)
     backends, skipped = C.choose_backends(C.parse_list(args.backends), cpu_mode)
+    impls = C.parse_list(args.flash_impls, list(flash_impls.IMPLS), "flash implementation") or []
+    backends = flash_variants(backends, skipped, impls)
     out_dir = args.out or C.default_out_dir(cpu_mode)
     env = C.environment()
     peaks = None

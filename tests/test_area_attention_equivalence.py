@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from backend_cases import AREA_BACKENDS, DEVICES, DTYPES, backend_baseline_dtype, dtype_id, skip_unless_supported
+
 from yolo13_attn import area_attention
-from yolo13_attn.backends import AREA, OpCall
+from yolo13_attn.backends import AREA, OpCall, flash_impls
 from yolo13_attn.backends import flash as flash_backend
 from yolo13_attn.nn.area_attention import heads_view
 from yolo13_attn.ops.reference import area_attention_reference
@@ -119,8 +119,9 @@ def flash_attn_func_double(q, k, v, softmax_scale=None, return_attn_probs=False,
 
 @pytest.fixture
 def flash_double(monkeypatch):
-    monkeypatch.setattr(flash_backend, "FLASH_ATTN_INSTALLED", True)
-    monkeypatch.setattr(flash_backend, "flash_attn_func", lambda: flash_attn_func_double)
+    monkeypatch.setattr(flash_impls, "FLASH_ATTN_INSTALLED", True)
+    monkeypatch.setattr(flash_impls, "flash_attn_func", lambda: flash_attn_func_double)
+    monkeypatch.setattr(flash_impls, "_CHOICES", {})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=dtype_id)
@@ -135,7 +136,7 @@ def test_flash_equivalence_through_flash_attn_double(flash_double, shape, dtype)
     baseline = area_attention_reference(q.to(half), k.to(half), v.to(half), area)
     assert out.dtype == dtype
     assert_flash_rule(out, ref64, baseline, f"flash(double) {shape} {dtype_id(dtype)}")
-    assert flash_backend.flash_implementation() == "flash_attn.flash_attn_func"
+    assert flash_impls.choice_for("cpu", head_dim, False).impl is flash_impls.FA2
 
 
 def test_flash_double_rejects_wrong_layout():

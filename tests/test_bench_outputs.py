@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 CSV_COLUMNS = ["op", "backend", "shape", "dtype", "batch", "metric", "median", "p20", "p80"]
 CSV_COLUMNS += ["device", "versions", "date"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SCRIPTS = {"kernel_sweep": ["--cpu"], "model_latency": ["--cpu"]}
+SCRIPTS = {"kernel_sweep": ["--cpu", "--flash-impls", "fa4,torch"], "model_latency": ["--cpu"]}
 MODES_FLAGS = ["--cpu", "--modes", "compiled,train_step", "--compile-backend", "eager", "--cases", "n:2:64"]
 MODES_FLAGS += ["--backends", "naive,sdpa", "--rounds", "2", "--steps", "2"]
 
@@ -119,6 +119,10 @@ def test_bench_outputs_json_keys(results, script):
     if script == "kernel_sweep":
         assert {r["op"] for r in data["configs"]} == {"area_core", "area_layer", "hg_core", "hg_layer"}
         assert data["formulas"]
+        # --flash-impls: a flash:<impl> backend per implementation, skipped (or run) with flash
+        skipped = data["skipped_backends"]
+        for label in ("flash:fa4", "flash:torch"):
+            assert skipped.get(label) == skipped["flash"] if "flash" in skipped else label in data["backends_run"]
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))

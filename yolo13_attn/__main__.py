@@ -39,10 +39,26 @@ def environment() -> dict[str, str]:
         "triton": _version("triton"),
         "ultralytics": _version("ultralytics"),
         "flash-attn": _version("flash-attn"),
+        "flash-attn-4": _version("flash-attn-4"),
         "cuda (torch build)": str(torch.version.cuda),
         "gpu": gpu,
         "flash backend uses": flash_implementation(),
     }
+
+
+def flash_implementations() -> list[str]:
+    """The flash backend's implementations, in the order it tries them, with what each supports."""
+    from .backends.flash_impls import ORDER
+
+    lines = ["flash backend implementations, the first that can serve a call runs it:"]
+    for impl in ORDER:
+        d = impl.declaration()
+        lines.append(f"  {impl.key:<6} {d['kernel']}")
+        lines.append(
+            f"          [{','.join(d['dtypes'])}; head_dim {d['head_dims']}; dropout {d['dropout']}; "
+            f"backward {d['backward']}; {d['notes']}]"
+        )
+    return lines
 
 
 def info() -> None:
@@ -58,6 +74,7 @@ def info() -> None:
             print(
                 f"  {name:<7} {state}\n          {entry['description']} [devices {','.join(entry['devices'])}; {dtypes}; backward {entry['backward']}]"
             )
+    print("\n" + "\n".join(flash_implementations()))
 
 
 def demo(backend: str, imgsz: int) -> None:

@@ -1,14 +1,13 @@
-"""``flash``: FlashAttention-2 - the flash-attn package's ``flash_attn_func`` when installed, else the
-FA2 kernel bundled in PyTorch (``aten._scaled_dot_product_flash_attention``). Reports say which.
+"""``flash``: FlashAttention - the flash-attn 2 package's ``flash_attn_func`` when installed, else
+FlashAttention-4 (``flash_attn.cute``) on sm90/sm100 GPUs for calls without autograd, else the FA2
+kernel bundled in PyTorch (``aten._scaled_dot_product_flash_attention``). ``flash_impls.py`` holds
+the three and the choice; reports say which serves each layer and why.
 
-FA2 computes in fp16/bf16; float32 layers are cast to fp16 and back, as the official YOLOv13
-flash path does.
+FlashAttention computes in fp16/bf16; float32 layers are cast to fp16 and back, as the official
+YOLOv13 flash path does.
 """
 
 from __future__ import annotations
-
-import importlib.util
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -21,40 +20,39 @@ from ..ops.reference import (
     hypergraph_aggregate_reference,
     to_area_tokens,
 )
+from . import flash_impls
 from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
 from .naive import NaiveHypergraph
-from .registry import register
+from .registry import BackendUnsupportedError, register
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-#: decided once at import, so the per-call path does no package lookups (and traces under torch.compile)
-FLASH_ATTN_INSTALLED = importlib.util.find_spec("flash_attn") is not None
+def flash_implementation(device: torch.device | str = "cuda", head_dim: int = 32) -> str:
+    """Which implementation the flash backend runs for an inference call at ``head_dim`` (YOLOv13's
+    area attention: 32) on ``device``, and why."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device: flash needs one"
+    return flash_impls.choice_for(device, head_dim, False).describe()
 
 
-def flash_implementation() -> str:
-    """Which FA2 the ``flash`` backend calls on this machine."""
-    return "flash_attn.flash_attn_func" if FLASH_ATTN_INSTALLED else "torch bundled FA2 (aten._scaled_dot_product_flash_attention)"
-
-
-def flash_attn_func() -> Callable[..., object]:
-    """The flash-attn package's ``flash_attn_func`` (tests substitute a contract-checking double)."""
-    from flash_attn import flash_attn_func as func
-
-    return func
+def prepare(device: torch.device | str, dtype: torch.dtype, head_dim: int) -> str:
+    """Compile ahead, outside CUDA-graph capture and ``torch.compile``, what the flash backend's first
+    inference call on ``device`` for a ``dtype`` layer at ``head_dim`` would compile (FlashAttention-4's
+    kernels; FA2 needs nothing). Returns which implementation serves such calls, and why."""
+    return flash_impls.warm_up(device, _FlashDeclaration.compute_dtype(dtype), head_dim).describe()
 
 
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """FA2 on ``(batch, seq, heads, head_dim)`` tensors, computed in the half ``dtype`` (cast and made
-    contiguous in one copy) -> ``(out (batch, seq_q, heads, head_dim) in dtype, lse (batch, heads, seq_q) fp32)``."""
+    """FlashAttention on ``(batch, seq, heads, head_dim)`` tensors, computed in the half ``dtype`` (cast and
+    made contiguous in one copy) by the implementation chosen for this device, head dim and autograd need
+    -> ``(out (batch, seq_q, heads, head_dim) in dtype, lse (batch, heads, seq_q) fp32)``."""
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    choice = flash_impls.choice_for(q.device, q.shape[-1], grad)
+    if choice.impl is None:
+        raise BackendUnsupportedError(f"flash: {choice.reason}")
     q, k, v = (contiguous_as(t, dtype) for t in (q, k, v))
-    if FLASH_ATTN_INSTALLED:
-        out, lse, _ = flash_attn_func()(q, k, v, softmax_scale=scale, return_attn_probs=True)
-        return out, lse
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, False, False, scale=scale
-    )[:2]
-    return out.transpose(1, 2), lse
+    return choice.impl.attention(q, k, v, scale)
 
 
 class _FlashDeclaration:
@@ -78,7 +76,8 @@ class _FlashDeclaration:
             major, minor = torch.cuda.get_device_capability(call.device)
             if major < 8:
                 return [f"FA2 needs compute capability >= 8.0, {call.device} has {major}.{minor}"]
-        return []
+        choice = flash_impls.choice_for(call.device, call.head_dim, call.requires_grad)
+        return [] if choice.impl is not None else [choice.reason]
 
     @classmethod
     def compute_dtype(cls, dtype: torch.dtype) -> torch.dtype:
@@ -87,8 +86,10 @@ class _FlashDeclaration:
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:
         compute = cls.compute_dtype(call.dtype)
-        note = "" if compute == call.dtype else "float32 inputs computed in float16, as the official flash path does"
-        return KernelPlan(flash_implementation(), compute, note)
+        choice = flash_impls.choice_for(call.device, call.head_dim, call.requires_grad)
+        fp32 = "float32 inputs computed in float16, as the official flash path does"
+        notes = [choice.reason] + ([] if compute == call.dtype else [fp32])
+        return KernelPlan(choice.impl.kernel if choice.impl else "none", compute, "; ".join(notes))
 
 
 @register
@@ -96,11 +97,11 @@ class FlashAreaAttention(_FlashDeclaration, AreaAttentionBackend):
     # under torch.compile its cast-and-copy path measured slower than inductor's own code: auto leaves it out
     priority, compiled_priority = 30, None
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
-    description = "FlashAttention-2 on (B*area, N/area, heads, head_dim) copies; fp32 computed in fp16"
+    description = "FlashAttention (FA2 or FA4, see flash_impls) on (B*area, N/area, heads, head_dim) copies; fp32 computed in fp16"
 
     @classmethod
     def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
-        if q.numel() == 0:  # FA2 is not launched on empty batches or sequences: the reference's (empty) answer
+        if q.numel() == 0:  # not launched on empty batches or sequences: the reference's (empty) answer
             return area_attention_reference(q, k, v, area, scale)
         b, dtype = q.shape[0], cls.compute_dtype(q.dtype)
         # (B, area, h, n, d) -> (B*area, n, h, d): the layout flash_attn_func takes
@@ -115,8 +116,8 @@ class FlashHypergraph(_FlashDeclaration, HypergraphBackend):
     priority, compiled_priority = 40, None
     supports_dropout_mask = False
     description = (
-        "aggregation through FA2 (M prototype queries, head dim D <= 256, no logit dropout: FA2 takes "
-        "no bias); scatter is the reference matmul"
+        "aggregation through FlashAttention (M prototype queries, head dim D <= 256, no logit dropout: it "
+        "takes no bias); scatter is the reference matmul"
     )
 
     @classmethod
@@ -126,7 +127,7 @@ class FlashHypergraph(_FlashDeclaration, HypergraphBackend):
         dtype = cls.compute_dtype(x.dtype)
         he, lse = flash_attention(*(t.unsqueeze(2) for t in (prototypes, xp, x)), scale, dtype)
         if torch.is_grad_enabled() and (xp.requires_grad or prototypes.requires_grad):
-            # FA2 returns lse without a gradient; the scatter needs one, so recompute it differentiably
+            # FlashAttention returns lse without a gradient; the scatter needs one, so recompute it differentiably
             lse = torch.logsumexp(hyperedge_logits(xp, prototypes, scale).float(), dim=1)
         return he.squeeze(2).to(x.dtype), lse.reshape(lse.shape[0], -1).float()
 
