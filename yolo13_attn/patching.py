@@ -31,7 +31,7 @@ from torch import nn
 
 from .backends.base import OPS
 from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_spec
-from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, machine_devices
+from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, call_of, machine_devices
 from .layer_kinds import BINDING_ATTR, LayerKind, bind, kind_of, unbind
 
 LOGGER = logging.getLogger("yolo13_attn")
@@ -123,6 +123,10 @@ def _plan_entry(spec: dict[str, tuple[str, str]], layers: list, check_finite: bo
         plan = plans[kind.op]
         if not any(plan.plan((device, *key[1:])).backend for device in devices):
             raise BackendUnsupportedError(f"{name}: {plan.plan(key).error}")
+    for key in {(kind.op, _layer_key(layer, kind)) for _, layer, kind in layers}:
+        choice = plans[key[0]].plan(key[1])
+        if choice.backend is not None:
+            choice.backend.prepare(call_of(*key))  # just-in-time compiles now, not inside capture or tracing
     return PatchEntry(plans, check_finite)
 
 

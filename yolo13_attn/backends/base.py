@@ -152,6 +152,11 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def prepare(cls, call: OpCall) -> None:
+        """Do ahead of time what the first ``call`` would (a just-in-time kernel compile), so that it
+        never happens inside CUDA-graph capture or ``torch.compile``; ``patch()`` calls it."""
+
+    @classmethod
     def capabilities(cls) -> dict[str, object]:
         """The declaration as plain data, for ``available_backends()`` and ``info``."""
         return {

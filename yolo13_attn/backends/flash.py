@@ -80,6 +80,11 @@ class _FlashDeclaration:
         return [] if choice.impl is not None else [choice.reason]
 
     @classmethod
+    def prepare(cls, call: OpCall) -> None:
+        if call.device_type == "cuda" and not call.requires_grad:
+            prepare(call.device, call.dtype, call.head_dim)
+
+    @classmethod
     def compute_dtype(cls, dtype: torch.dtype) -> torch.dtype:
         return dtype if dtype in HALF_DTYPES else torch.float16
 
