@@ -12,13 +12,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import ultralytics.nn.modules.block as ul_block
 from torch import Tensor, nn
 
 from . import nn as v13
 from .backends.base import AREA, HYPERGRAPH
 from .binding import Binding, area_call_key, hypergraph_call_key
 from .integration.checkpoints import pickled_class, reduce_as
+from .integration.ultralytics_api import StockAAttn
 from .nn.area_attention import heads_view
 from .ops.area_attention import area_attention
 from .ops.checks import check_finite
@@ -26,7 +26,7 @@ from .ops.checks import check_finite
 BINDING_ATTR = "_yolo13_binding"
 
 
-def yolo12_aattn_forward(self: ul_block.AAttn, x: Tensor) -> Tensor:
+def yolo12_aattn_forward(self: StockAAttn, x: Tensor) -> Tensor:
     """Stock (YOLO12) AAttn through ``area_attention``: its fused ``qkv`` conv holds, per head, q, k, v
     of ``head_dim`` channels each; ``pe`` is a 7x7 depthwise conv on v."""
     b, _, h, w = x.shape
@@ -51,7 +51,7 @@ class LayerKind:
 
 LAYER_KINDS: tuple[LayerKind, ...] = (
     LayerKind(AREA, v13.AAttn, lambda m: m.head_dim),
-    LayerKind(AREA, ul_block.AAttn, lambda m: m.head_dim, {"forward": yolo12_aattn_forward}),
+    LayerKind(AREA, StockAAttn, lambda m: m.head_dim, {"forward": yolo12_aattn_forward}),
     LayerKind(
         HYPERGRAPH,
         v13.AdaHGConv,
