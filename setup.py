@@ -19,11 +19,16 @@ def cuda_extensions() -> tuple[list, dict]:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
 
     if CUDA_HOME is None:
-        raise RuntimeError("YOLO13_ATTN_BUILD_CUDA=1 but no CUDA toolkit found: set CUDA_HOME to the folder holding bin/nvcc")
+        raise RuntimeError(
+            "YOLO13_ATTN_BUILD_CUDA=1 but no CUDA toolkit found: set CUDA_HOME to the folder holding bin/nvcc"
+        )
     extension = CUDAExtension(
         "yolo13_attn._C",
         sources,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_80,code=sm_80"]},
+        extra_compile_args={
+            "cxx": ["-O3"],
+            "nvcc": ["-O3", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_80,code=sm_80"],
+        },
     )
     return [extension], {"build_ext": BuildExtension}
 

@@ -175,7 +175,8 @@ def choose_backends(
             skipped[name] = "unavailable: " + "; ".join(sorted({r for e in entries for r in e["reasons"]}))
         elif name == "triton" and cpu_mode and not requested:
             skipped[name] = (
-                "Triton interpreter on CPU (a correctness tool, far too slow to time); pass --backends triton to include it"
+                "Triton interpreter on CPU (a correctness tool, far too slow to time); "
+                "pass --backends triton to include it"
             )
         else:
             chosen.append(name)

@@ -232,7 +232,8 @@ class AreaCore(Group):
         self.ref64 = self.compute_baseline(torch.float64)
 
     def compute_baseline(self, dtype):
-        """The reference math (matmul + softmax) computing in ``dtype`` (float64: from float64 inputs), in batch chunks."""
+        """The reference math (matmul + softmax) computing in ``dtype`` (float64: from float64 inputs), in batch
+        chunks."""
         s = self.shape
         q, k, v = (t.double() for t in self.sets[0]) if dtype == torch.float64 else self.sets[0]
         chunks = _batch_chunks(self.batch, s.heads * s.n * (s.n // s.area) * 8 * 3)
@@ -294,7 +295,8 @@ class LayerGroup(Group):
         self.baseline()  # now, while the layer is unpatched
 
     def compute_baseline(self, dtype):
-        """The unpatched layer computing in ``dtype`` (a copy unless that is the input dtype), in chunks of the batch."""
+        """The unpatched layer computing in ``dtype`` (a copy unless that is the input dtype), in chunks of the
+        batch."""
         s = self.shape
         layer = self.layer if dtype == self.dtype else copy.deepcopy(self.layer64).to(dtype)
         per_item = s.heads * s.n * (s.n // s.area) * 8 * 3 if s.family == "area" else 0.0  # float64 attention scores
@@ -340,7 +342,8 @@ FLASH = "flash"
 
 
 def flash_variant(label: str) -> tuple[str, str | None]:
-    """``"flash:fa4"`` -> ``("flash", "fa4")`` (the flash backend forced to one implementation); else ``(label, None)``."""
+    """``"flash:fa4"`` -> ``("flash", "fa4")`` (the flash backend forced to one implementation);
+    any other label -> ``(label, None)``."""
     backend, _, impl = label.partition(":")
     return (backend, impl) if backend == FLASH and impl else (label, None)
 
@@ -471,7 +474,10 @@ def peaks_of(data: dict) -> dict | None:
     if "anchors" not in data:
         return data.get("peaks")
     a = data["anchors"]
-    how = "fixed H100 figures of the script version that ran: copy and bf16 matrix product measured, fp32 the datasheet peak"
+    how = (
+        "fixed H100 figures of the script version that ran: copy and bf16 matrix product measured, "
+        "fp32 the datasheet peak"
+    )
     return {"bw_Bps": a["peak_bw_Bps"], "flops": a["peak_flops"], "l2_bytes": a["l2_bytes"], "how": how}
 
 
@@ -486,7 +492,8 @@ def csv_rows(data: dict) -> list[dict]:
 
 
 def _cell(r: dict | None, speedup: bool = True) -> str:
-    """``median ms (speedup vs naive)`` + `` FAIL`` when the check failed; else ``n/s``, ``not run``, ``error``, ``oom``."""
+    """``median ms (speedup vs naive)`` + `` FAIL`` when the check failed; else ``n/s``, ``not run``, ``error``,
+    ``oom``."""
     if r is None:
         return ""
     if not r.get("timing"):

@@ -81,7 +81,8 @@ class Reference:
         return self._baselines[(dtype, compute)]
 
     def check(self, model: torch.nn.Module, dtype: torch.dtype, handle) -> dict:
-        """The flash rule per attention layer of ``model`` (patched by ``handle``; None: unpatched) and for its detections."""
+        """The flash rule per attention layer of ``model`` (patched by ``handle``; None: unpatched) and for its
+        detections."""
         compute = baseline_dtype(dtype, *(C.report_compute_dtypes(handle) if handle else ()))
         base_det, base_layers = self.baseline(dtype, compute)
         modules, layers = dict(model.named_modules()), {}

@@ -98,7 +98,8 @@ def parse_cases(args, cpu_mode: bool) -> list[Case]:
 
 
 def kernel_pattern(backend: str, handle) -> str:
-    """The regex of the kernels ``backend`` launches; for ``naive``, any backend's (Inductor may rewrite the reference into SDPA)."""
+    """The regex of the kernels ``backend`` launches; for ``naive``, any backend's (Inductor may rewrite the
+    reference into SDPA)."""
     if handle is None:
         return "|".join(R.BACKEND_KERNELS.values())
     served = sorted({r.backend for r in handle.report()} & set(R.BACKEND_KERNELS))
@@ -106,7 +107,8 @@ def kernel_pattern(backend: str, handle) -> str:
 
 
 def backend_kernels(run, pattern: str, device: str) -> tuple[int, list[str]]:
-    """Profile one ``run()``: how many GPU kernels launched (on CPU: outermost operators) match ``pattern``, and their names."""
+    """Profile one ``run()``: how many GPU kernels launched (on CPU: outermost operators) match ``pattern``, and
+    their names."""
     from torch.profiler import ProfilerActivity, profile
 
     rx = re.compile(pattern)
@@ -214,7 +216,8 @@ def progress_line(rec: dict, modes: list[str]) -> str:
         line += f" [{rec['kernels_seen'][mode]} backend kernels]" if mode in rec["kernels_seen"] else ""
     line += f" compile {rec['compile_s']:.1f} s, {rec['compiled_graphs']} graph(s)" if "compile_s" in rec else ""
     chk = rec["check"]
-    line += f" check {'ok' if chk['pass'] else 'FAIL'} (worst layer {R.sci(chk.get('err'))} vs bound {R.sci(chk.get('bound'))})"
+    line += f" check {'ok' if chk['pass'] else 'FAIL'}"
+    line += f" (worst layer {R.sci(chk.get('err'))} vs bound {R.sci(chk.get('bound'))})"
     return line + ("; errors: " + "; ".join(rec["errors"]) if rec.get("errors") else "")
 
 
@@ -393,7 +396,8 @@ def main(argv=None) -> int:
             x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(args.seed + 7)).to(device)
             ref = Reference(base, x)
             print(
-                f"built yolov13{scale}, {params[f'yolov13{scale}']:,} parameters, float64 forward at {h}x{w}: {time.perf_counter() - t0:.1f}s"
+                f"built yolov13{scale}, {params[f'yolov13{scale}']:,} parameters, "
+                f"float64 forward at {h}x{w}: {time.perf_counter() - t0:.1f}s"
             )
             run_group(ref, scale, groups[(scale, h, w)], dtype_name, backends, args, device, share, records)
             for case in groups[(scale, h, w)] if "train_step" in args.mode_list else []:

@@ -217,7 +217,8 @@ def _kernel_listing(records: list[dict]) -> list[str]:
 def _problems(records: list[dict]) -> list[tuple[str, list[str]]]:
     bad = [r for r in records if r["status"] in ("error", "check-failed") or r.get("errors")]
     problems = [
-        f"- {' '.join(map(str, key(r)))} {r['backend']}: {r['status']}: {r.get('reason', '')} {'; '.join(r.get('errors', []))}"
+        f"- {' '.join(map(str, key(r)))} {r['backend']}: {r['status']}: "
+        f"{r.get('reason', '')} {'; '.join(r.get('errors', []))}"
         for r in bad
     ]
     declined = {

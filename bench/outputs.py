@@ -30,7 +30,8 @@ def versions_string(env: dict) -> str:
 
 
 def long_rows(data: dict, key: tuple, items: list[tuple]) -> list[dict]:
-    """CSV rows of one configuration: ``key`` = (op, backend, shape, dtype, batch), ``items`` = (metric, median[, p20, p80])."""
+    """CSV rows of one configuration: ``key`` = (op, backend, shape, dtype, batch), ``items`` = (metric,
+    median[, p20, p80])."""
     base = dict(zip(CSV_COLUMNS[:5], key, strict=True))
     base.update(device=data["device"], versions=versions_string(data["environment"]), date=data["date"])
     return [{**base, **dict(zip(("metric", "median", "p20", "p80"), item))} for item in items]

@@ -23,8 +23,6 @@
 #   RES                 results folder (default bench/results/<gpu>-<date>)
 #   B_SWEEP B_MODEL B_COMPILED B_TRAIN   seconds of budget per part (defaults below)
 #   BACKENDS_COMPILED   backends of model_compiled (default naive,auto,triton,sdpa,flash)
-#   WHEELS              if set, install these wheels first (pip --no-index --no-deps into a private
-#                       folder put on PYTHONPATH), e.g. for a machine without Ultralytics
 #   TARBALL             if set, also pack the results folder into this .tar.gz file
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,12 +32,7 @@ B_MODEL="${B_MODEL:-135}"
 B_COMPILED="${B_COMPILED:-300}"
 B_TRAIN="${B_TRAIN:-80}"
 BACKENDS_COMPILED="${BACKENDS_COMPILED:-naive,auto,triton,sdpa,flash}"
-if [ -n "${WHEELS:-}" ]; then
-    site="${TMPDIR:-/tmp}/yolo13_attn_bench_site"
-    python3 -m pip install -q --no-index --no-deps --target "$site" "$WHEELS"/*.whl || exit 1
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1  # this checkout's yolo13_attn
+export PYTHONUNBUFFERED=1
 RES="${RES:-bench/results/$(python3 -c 'import torch, re; print(re.sub("[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()))')-$(date -u +%Y-%m-%d)}"
 mkdir -p "$RES"
 start=$(date +%s)

@@ -115,7 +115,8 @@ def time_calls(
             method = f"CUDA-graph replay, {k} calls per graph over {len(calls)} input sets"
         except Exception as exc:  # noqa: BLE001 - capture impossible (host sync, unsupported op): time eagerly, say why
             torch.cuda.synchronize()
-            method = f"eager (CUDA-graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
+            method = f"eager (CUDA-graph capture failed: {type(exc).__name__}: {first_line})"
     if not method:
         method = f"eager calls over {len(calls)} input sets"
     step_ms = est_ms * per_step

@@ -25,11 +25,22 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def area_attention_bwd_preprocess_kernel(
-    O, DO, DELTA,
-    stride_ob, stride_oh, stride_od, stride_on,
-    stride_dob, stride_doh, stride_dod, stride_don,
-    H, N, HEAD_DIM,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    O,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_od,
+    stride_on,
+    stride_dob,
+    stride_doh,
+    stride_dod,
+    stride_don,
+    H,
+    N,
+    HEAD_DIM,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -37,22 +48,56 @@ def area_attention_bwd_preprocess_kernel(
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_d[:, None] < HEAD_DIM) & (offs_t[None, :] < N)
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_d[:, None] * stride_od + offs_t[None, :] * stride_on,
-                mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_d[:, None] * stride_dod + offs_t[None, :] * stride_don,
-                 mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(
+        O + b * stride_ob + h * stride_oh + offs_d[:, None] * stride_od + offs_t[None, :] * stride_on,
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
+    do = tl.load(
+        DO + b * stride_dob + h * stride_doh + offs_d[:, None] * stride_dod + offs_t[None, :] * stride_don,
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_t, tl.sum(o * do, 0), mask=offs_t < N)
 
 
 @triton.jit
 def area_attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
-    stride_qb, stride_qh, stride_qd, stride_qn,
-    stride_kb, stride_kh, stride_kd, stride_kn,
-    stride_vb, stride_vh, stride_vd, stride_vn,
-    stride_dob, stride_doh, stride_dod, stride_don,
-    H, N, N_AREA, AREA, HEAD_DIM, scale, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    stride_qb,
+    stride_qh,
+    stride_qd,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kd,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vd,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dod,
+    stride_don,
+    H,
+    N,
+    N_AREA,
+    AREA,
+    HEAD_DIM,
+    scale,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     num_n = tl.cdiv(N_AREA, BLOCK_N)
     pid = tl.program_id(0)
@@ -74,20 +119,32 @@ def area_attention_bwd_dkdv_kernel(
     mask_nd = mask_n[:, None] & mask_d[None, :]
 
     # this program's K and V tiles (BLOCK_N, BLOCK_D) stay in registers
-    k = tl.load(K + b64 * stride_kb + h * stride_kh + (chunk + offs_n[:, None]) * stride_kn + offs_d[None, :] * stride_kd,
-                mask=mask_nd, other=0.0)
-    v = tl.load(V + b64 * stride_vb + h * stride_vh + (chunk + offs_n[:, None]) * stride_vn + offs_d[None, :] * stride_vd,
-                mask=mask_nd, other=0.0)
+    k = tl.load(
+        K + b64 * stride_kb + h * stride_kh + (chunk + offs_n[:, None]) * stride_kn + offs_d[None, :] * stride_kd,
+        mask=mask_nd,
+        other=0.0,
+    )
+    v = tl.load(
+        V + b64 * stride_vb + h * stride_vh + (chunk + offs_n[:, None]) * stride_vn + offs_d[None, :] * stride_vd,
+        mask=mask_nd,
+        other=0.0,
+    )
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     for start_m in range(0, N_AREA, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N_AREA
-        qt = tl.load(q_base + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qn,
-                     mask=mask_d[:, None] & mask_m[None, :], other=0.0)  # (BLOCK_D, BLOCK_M)
-        do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
+        qt = tl.load(
+            q_base + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qn,
+            mask=mask_d[:, None] & mask_m[None, :],
+            other=0.0,
+        )  # (BLOCK_D, BLOCK_M)
+        do = tl.load(
+            do_base + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+            mask=mask_m[:, None] & mask_d[None, :],
+            other=0.0,
+        )  # (BLOCK_M, BLOCK_D)
         lse = tl.load(LSE + row + offs_m, mask=mask_m, other=0.0)
         delta = tl.load(DELTA + row + offs_m, mask=mask_m, other=0.0)
         # P^T (BLOCK_N, BLOCK_M), recomputed; padded query columns contribute nothing
@@ -106,13 +163,40 @@ def area_attention_bwd_dkdv_kernel(
 
 @triton.jit
 def area_attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    stride_qb, stride_qh, stride_qd, stride_qn,
-    stride_kb, stride_kh, stride_kd, stride_kn,
-    stride_vb, stride_vh, stride_vd, stride_vn,
-    stride_dob, stride_doh, stride_dod, stride_don,
-    H, N, N_AREA, AREA, HEAD_DIM, scale, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    stride_qb,
+    stride_qh,
+    stride_qd,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kd,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vd,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dod,
+    stride_don,
+    H,
+    N,
+    N_AREA,
+    AREA,
+    HEAD_DIM,
+    scale,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     num_m = tl.cdiv(N_AREA, BLOCK_M)
     pid = tl.program_id(0)
@@ -133,10 +217,16 @@ def area_attention_bwd_dq_kernel(
     mask_d = offs_d < HEAD_DIM
     mask_md = mask_m[:, None] & mask_d[None, :]
 
-    q = tl.load(Q + b64 * stride_qb + h * stride_qh + (chunk + offs_m[:, None]) * stride_qn + offs_d[None, :] * stride_qd,
-                mask=mask_md, other=0.0)
-    do = tl.load(DO + b64 * stride_dob + h * stride_doh + (chunk + offs_m[:, None]) * stride_don + offs_d[None, :] * stride_dod,
-                 mask=mask_md, other=0.0)
+    q = tl.load(
+        Q + b64 * stride_qb + h * stride_qh + (chunk + offs_m[:, None]) * stride_qn + offs_d[None, :] * stride_qd,
+        mask=mask_md,
+        other=0.0,
+    )
+    do = tl.load(
+        DO + b64 * stride_dob + h * stride_doh + (chunk + offs_m[:, None]) * stride_don + offs_d[None, :] * stride_dod,
+        mask=mask_md,
+        other=0.0,
+    )
     lse = tl.load(LSE + row + offs_m, mask=mask_m, other=0.0)
     delta = tl.load(DELTA + row + offs_m, mask=mask_m, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -158,22 +248,76 @@ def area_attention_bwd_dq_kernel(
     tl.store(DQ + out_off, dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
-def launch_area_attention_bwd(do, q, k, v, out, lse, delta, dq, dk, dv, area, scale, *, block_m, block_n, block_d,
-                              precision, num_warps, num_stages):
+def launch_area_attention_bwd(
+    do,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    delta,
+    dq,
+    dk,
+    dv,
+    area,
+    scale,
+    *,
+    block_m,
+    block_n,
+    block_d,
+    precision,
+    num_warps,
+    num_stages,
+):
     """Launch the three backward kernels; ``delta`` is a float32 (B, H, N) workspace."""
     b, h, d, n = q.shape
     n_area = n // area
     block_t = 128
     area_attention_bwd_preprocess_kernel[(triton.cdiv(n, block_t), b * h)](
-        out, do, delta, *out.stride(), *do.stride(), h, n, d, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4,
+        out,
+        do,
+        delta,
+        *out.stride(),
+        *do.stride(),
+        h,
+        n,
+        d,
+        BLOCK_T=block_t,
+        BLOCK_D=block_d,
+        num_warps=4,
     )
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
     common = (h, n, n_area, area, d, scale, scale * LOG2E)
-    meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision,
-                num_warps=num_warps, num_stages=num_stages)
+    meta = dict(
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        PRECISION=precision,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
     area_attention_bwd_dkdv_kernel[(b * area * h * triton.cdiv(n_area, block_n),)](
-        q, k, v, do, lse, delta, dk, dv, *strides, *common, **meta,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        *strides,
+        *common,
+        **meta,
     )
     area_attention_bwd_dq_kernel[(b * area * h * triton.cdiv(n_area, block_m),)](
-        q, k, v, do, lse, delta, dq, *strides, *common, **meta,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dq,
+        *strides,
+        *common,
+        **meta,
     )

@@ -28,10 +28,25 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _fwd_inner(
-    acc, l_i, m_i, q,
-    k_base, v_base, stride_kd, stride_kn, stride_vd, stride_vn,
-    offs_d, mask_d, lo, hi, n_area, qk_scale,
-    BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr, PRECISION: tl.constexpr,
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_kd,
+    stride_kn,
+    stride_vd,
+    stride_vn,
+    offs_d,
+    mask_d,
+    lo,
+    hi,
+    n_area,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    MASK_KEYS: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Fold key blocks ``[lo, hi)`` of one chunk into the running (acc, l_i, m_i) of ``q``."""
     for start_n in range(lo, hi, BLOCK_N):
@@ -61,12 +76,33 @@ def _fwd_inner(
 
 @triton.jit
 def area_attention_fwd_kernel(
-    Q, K, V, O, LSE,
-    stride_qb, stride_qh, stride_qd, stride_qn,
-    stride_kb, stride_kh, stride_kd, stride_kn,
-    stride_vb, stride_vh, stride_vd, stride_vn,
-    H, N, N_AREA, AREA, HEAD_DIM, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    stride_qb,
+    stride_qh,
+    stride_qd,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kd,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vd,
+    stride_vn,
+    H,
+    N,
+    N_AREA,
+    AREA,
+    HEAD_DIM,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     # 1-D grid: the query blocks of one (batch, chunk, head) are neighbours, so their K/V hit L2
     num_m = tl.cdiv(N_AREA, BLOCK_M)
@@ -89,8 +125,11 @@ def area_attention_fwd_kernel(
     mask_d = offs_d < HEAD_DIM
 
     # Q tile (BLOCK_M, BLOCK_D); padded rows/cols are zeros and never stored
-    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = tl.load(
+        q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+        mask=mask_m[:, None] & mask_d[None, :],
+        other=0.0,
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -98,32 +137,87 @@ def area_attention_fwd_kernel(
 
     # full key blocks without token masks, then the ragged tail (0 or 1 block)
     n_full = (N_AREA // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kd, stride_kn, stride_vd, stride_vn,
-                               offs_d, mask_d, 0, n_full, N_AREA, qk_scale,
-                               BLOCK_N, False, PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kd, stride_kn, stride_vd, stride_vn,
-                               offs_d, mask_d, n_full, N_AREA, N_AREA, qk_scale,
-                               BLOCK_N, True, PRECISION)
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kd,
+        stride_kn,
+        stride_vd,
+        stride_vn,
+        offs_d,
+        mask_d,
+        0,
+        n_full,
+        N_AREA,
+        qk_scale,
+        BLOCK_N,
+        False,
+        PRECISION,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kd,
+        stride_kn,
+        stride_vd,
+        stride_vn,
+        offs_d,
+        mask_d,
+        n_full,
+        N_AREA,
+        N_AREA,
+        qk_scale,
+        BLOCK_N,
+        True,
+        PRECISION,
+    )
 
     # epilogue: normalise, store O (contiguous (B, H, D, N)) and the base-2 lse
     acc = acc / l_i[:, None]
     tokens = chunk + offs_m
     o_base = O + (b64 * H + h) * HEAD_DIM * N
-    tl.store(o_base + offs_d[None, :] * N + tokens[:, None], acc.to(O.dtype.element_ty),
-             mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(
+        o_base + offs_d[None, :] * N + tokens[:, None],
+        acc.to(O.dtype.element_ty),
+        mask=mask_m[:, None] & mask_d[None, :],
+    )
     tl.store(LSE + (b64 * H + h) * N + tokens, m_i + tl.math.log2(l_i), mask=mask_m)
 
 
-def launch_area_attention_fwd(q, k, v, out, lse, area, scale, *, block_m, block_n, block_d, precision,
-                              num_warps, num_stages):
+def launch_area_attention_fwd(
+    q, k, v, out, lse, area, scale, *, block_m, block_n, block_d, precision, num_warps, num_stages
+):
     """Launch the forward on ``(B, H, D, N)`` q/k/v (any strides) into contiguous ``out`` and ``lse`` (B, H, N)."""
     b, h, d, n = q.shape
     n_area = n // area
     grid = (b * area * h * triton.cdiv(n_area, block_m),)
     area_attention_fwd_kernel[grid](
-        q, k, v, out, lse,
-        *q.stride(), *k.stride(), *v.stride(),
-        h, n, n_area, area, d, scale * LOG2E,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision,
-        num_warps=num_warps, num_stages=num_stages,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        h,
+        n,
+        n_area,
+        area,
+        d,
+        scale * LOG2E,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        PRECISION=precision,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )

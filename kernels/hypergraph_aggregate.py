@@ -33,14 +33,39 @@ LN2 = 0.6931471805599453
 
 @triton.jit
 def hypergraph_aggregate_partial_kernel(
-    X, XP, P, MASK, HE, LSE, PART_ACC, PART_M, PART_L,
-    stride_xb, stride_xn, stride_xd,
-    stride_xpb, stride_xpn, stride_xpd,
-    stride_pb, stride_pm, stride_pd,
-    stride_mb, stride_mn, stride_mm,
-    N, M, D, TOKENS_PER_SPLIT, NUM_SPLITS, scale,
-    HAS_MASK: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    X,
+    XP,
+    P,
+    MASK,
+    HE,
+    LSE,
+    PART_ACC,
+    PART_M,
+    PART_L,
+    stride_xb,
+    stride_xn,
+    stride_xd,
+    stride_xpb,
+    stride_xpn,
+    stride_xpd,
+    stride_pb,
+    stride_pm,
+    stride_pd,
+    stride_mb,
+    stride_mn,
+    stride_mm,
+    N,
+    M,
+    D,
+    TOKENS_PER_SPLIT,
+    NUM_SPLITS,
+    scale,
+    HAS_MASK: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -50,8 +75,11 @@ def hypergraph_aggregate_partial_kernel(
     mask_d = offs_d < D
 
     # the prototypes of image b, transposed: (BLOCK_D, BLOCK_M), zeros in the padding
-    pt = tl.load(P + b * stride_pb + offs_d[:, None] * stride_pd + offs_m[None, :] * stride_pm,
-                 mask=mask_d[:, None] & mask_m[None, :], other=0.0)
+    pt = tl.load(
+        P + b * stride_pb + offs_d[:, None] * stride_pd + offs_m[None, :] * stride_pm,
+        mask=mask_d[:, None] & mask_m[None, :],
+        other=0.0,
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -63,12 +91,16 @@ def hypergraph_aggregate_partial_kernel(
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
         mask_nd = mask_n[:, None] & mask_d[None, :]
-        xp = tl.load(XP + b * stride_xpb + offs_n[:, None] * stride_xpn + offs_d[None, :] * stride_xpd,
-                     mask=mask_nd, other=0.0)
+        xp = tl.load(
+            XP + b * stride_xpb + offs_n[:, None] * stride_xpn + offs_d[None, :] * stride_xpd, mask=mask_nd, other=0.0
+        )
         s = tl.dot(xp, pt, input_precision=PRECISION) * scale  # (BLOCK_N, BLOCK_M) natural logits
         if HAS_MASK:
-            drop = tl.load(MASK + b * stride_mb + offs_n[:, None] * stride_mn + offs_m[None, :] * stride_mm,
-                           mask=mask_n[:, None] & mask_m[None, :], other=0.0)
+            drop = tl.load(
+                MASK + b * stride_mb + offs_n[:, None] * stride_mn + offs_m[None, :] * stride_mm,
+                mask=mask_n[:, None] & mask_m[None, :],
+                other=0.0,
+            )
             s = s * drop.to(tl.float32)
         s = tl.where(mask_n[:, None], s * 1.4426950408889634, float("-inf"))  # base 2
         # online softmax over the vertices (axis 0); each block holds >= 1 valid vertex
@@ -76,8 +108,9 @@ def hypergraph_aggregate_partial_kernel(
         alpha = tl.math.exp2(m_i - m_new)
         w = tl.math.exp2(s - m_new[None, :])
         l_i = l_i * alpha + tl.sum(w, 0)
-        x = tl.load(X + b * stride_xb + offs_n[:, None] * stride_xn + offs_d[None, :] * stride_xd,
-                    mask=mask_nd, other=0.0)
+        x = tl.load(
+            X + b * stride_xb + offs_n[:, None] * stride_xn + offs_d[None, :] * stride_xd, mask=mask_nd, other=0.0
+        )
         acc = tl.dot(tl.trans(w).to(x.dtype), x, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
 
@@ -96,9 +129,16 @@ def hypergraph_aggregate_partial_kernel(
 
 @triton.jit
 def hypergraph_aggregate_combine_kernel(
-    HE, LSE, PART_ACC, PART_M, PART_L,
-    M, D, NUM_SPLITS,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    HE,
+    LSE,
+    PART_ACC,
+    PART_M,
+    PART_L,
+    M,
+    D,
+    NUM_SPLITS,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # program (b * M + m, d-chunk); the splits are read BLOCK_S at a time (no long dependent chain)
     bm = tl.program_id(0).to(tl.int64)
@@ -130,8 +170,24 @@ def hypergraph_aggregate_combine_kernel(
     tl.store(LSE + bm, (m_tot + tl.math.log2(l_tot)) * 0.6931471805599453, mask=pid_d == 0)
 
 
-def launch_hypergraph_aggregate(x, xp, prototypes, dropout_mask, he, lse, scale, *, workspace, tokens_per_split,
-                                block_n, block_m, block_d, precision, num_warps, num_stages):
+def launch_hypergraph_aggregate(
+    x,
+    xp,
+    prototypes,
+    dropout_mask,
+    he,
+    lse,
+    scale,
+    *,
+    workspace,
+    tokens_per_split,
+    block_n,
+    block_m,
+    block_d,
+    precision,
+    num_warps,
+    num_stages,
+):
     """Launch the aggregation into ``he`` (B, M, D) contiguous and ``lse`` (B, M) float32.
 
     ``workspace`` is None for a single split, else ``(acc (B, S, M, D), m (B, S, M), l (B, S, M))``
@@ -145,15 +201,46 @@ def launch_hypergraph_aggregate(x, xp, prototypes, dropout_mask, he, lse, scale,
     mask = dropout_mask if dropout_mask is not None else x  # dummy pointer when HAS_MASK=False
     mask_strides = dropout_mask.stride() if dropout_mask is not None else (0, 0, 0)
     hypergraph_aggregate_partial_kernel[(num_splits, b)](
-        x, xp, prototypes, mask, he, lse, part_acc, part_m, part_l,
-        *x.stride(), *xp.stride(), *prototypes.stride(), *mask_strides,
-        n, m, d, tokens_per_split, num_splits, scale,
-        HAS_MASK=dropout_mask is not None, SINGLE_SPLIT=single,
-        BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, PRECISION=precision,
-        num_warps=num_warps, num_stages=num_stages,
+        x,
+        xp,
+        prototypes,
+        mask,
+        he,
+        lse,
+        part_acc,
+        part_m,
+        part_l,
+        *x.stride(),
+        *xp.stride(),
+        *prototypes.stride(),
+        *mask_strides,
+        n,
+        m,
+        d,
+        tokens_per_split,
+        num_splits,
+        scale,
+        HAS_MASK=dropout_mask is not None,
+        SINGLE_SPLIT=single,
+        BLOCK_N=block_n,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        PRECISION=precision,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if not single:
         block_dc = min(block_d, 128)
         hypergraph_aggregate_combine_kernel[(b * m, triton.cdiv(d, block_dc))](
-            he, lse, part_acc, part_m, part_l, m, d, num_splits, BLOCK_S=16, BLOCK_D=block_dc, num_warps=4,
+            he,
+            lse,
+            part_acc,
+            part_m,
+            part_l,
+            m,
+            d,
+            num_splits,
+            BLOCK_S=16,
+            BLOCK_D=block_dc,
+            num_warps=4,
         )

@@ -27,17 +27,50 @@ import triton.language as tl
 
 @triton.jit
 def hypergraph_bwd_kernel(
-    XP, P, LSE, MASK, G, HE, DLSE, SRC,
-    DXP, DX, DP_PART, DHE_PART, DLSE_PART,
-    stride_xpb, stride_xpn, stride_xpd,
-    stride_pb, stride_pm, stride_pd,
-    stride_gb, stride_gm, stride_gd,
-    stride_sb, stride_sn, stride_sd,
-    stride_mb, stride_mn, stride_mm,
-    stride_hb, stride_hm, stride_hd,
-    N, M, D, TOKENS_PER_SPLIT, NUM_SPLITS, scale,
-    AGGREGATE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DLSE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    XP,
+    P,
+    LSE,
+    MASK,
+    G,
+    HE,
+    DLSE,
+    SRC,
+    DXP,
+    DX,
+    DP_PART,
+    DHE_PART,
+    DLSE_PART,
+    stride_xpb,
+    stride_xpn,
+    stride_xpd,
+    stride_pb,
+    stride_pm,
+    stride_pd,
+    stride_gb,
+    stride_gm,
+    stride_gd,
+    stride_sb,
+    stride_sn,
+    stride_sd,
+    stride_mb,
+    stride_mn,
+    stride_mm,
+    stride_hb,
+    stride_hm,
+    stride_hd,
+    N,
+    M,
+    D,
+    TOKENS_PER_SPLIT,
+    NUM_SPLITS,
+    scale,
+    AGGREGATE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -52,8 +85,9 @@ def hypergraph_bwd_kernel(
     g = g.to(SRC.dtype.element_ty)
     lse2 = tl.load(LSE + b * M + offs_m, mask=mask_m, other=float("inf")) * 1.4426950408889634  # padded m: w = 0
     if AGGREGATE:
-        he = tl.load(HE + b * stride_hb + offs_m[:, None] * stride_hm + offs_d[None, :] * stride_hd,
-                     mask=mask_md, other=0.0)
+        he = tl.load(
+            HE + b * stride_hb + offs_m[:, None] * stride_hm + offs_d[None, :] * stride_hd, mask=mask_md, other=0.0
+        )
         c = -tl.sum(g.to(tl.float32) * he.to(tl.float32), 1)  # -delta
         if HAS_DLSE:
             c += tl.load(DLSE + b * M + offs_m, mask=mask_m, other=0.0)
@@ -68,16 +102,21 @@ def hypergraph_bwd_kernel(
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
         mask_nd = mask_n[:, None] & mask_d[None, :]
-        xp = tl.load(XP + b * stride_xpb + offs_n[:, None] * stride_xpn + offs_d[None, :] * stride_xpd,
-                     mask=mask_nd, other=0.0)
+        xp = tl.load(
+            XP + b * stride_xpb + offs_n[:, None] * stride_xpn + offs_d[None, :] * stride_xpd, mask=mask_nd, other=0.0
+        )
         s = tl.dot(xp, tl.trans(p), input_precision=PRECISION) * scale  # (BLOCK_N, BLOCK_M)
         if HAS_MASK:
-            drop = tl.load(MASK + b * stride_mb + offs_n[:, None] * stride_mn + offs_m[None, :] * stride_mm,
-                           mask=mask_n[:, None] & mask_m[None, :], other=0.0).to(tl.float32)
+            drop = tl.load(
+                MASK + b * stride_mb + offs_n[:, None] * stride_mn + offs_m[None, :] * stride_mm,
+                mask=mask_n[:, None] & mask_m[None, :],
+                other=0.0,
+            ).to(tl.float32)
             s = s * drop
         w = tl.where(mask_n[:, None], tl.math.exp2(s * 1.4426950408889634 - lse2[None, :]), 0.0)
-        src = tl.load(SRC + b * stride_sb + offs_n[:, None] * stride_sn + offs_d[None, :] * stride_sd,
-                      mask=mask_nd, other=0.0)
+        src = tl.load(
+            SRC + b * stride_sb + offs_n[:, None] * stride_sn + offs_d[None, :] * stride_sd, mask=mask_nd, other=0.0
+        )
         dw = tl.dot(src, tl.trans(g), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
         if AGGREGATE:
             dl = w * (dw + c[None, :])
@@ -102,8 +141,31 @@ def hypergraph_bwd_kernel(
         tl.store(DLSE_PART + part * M + offs_m, dlse_acc, mask=mask_m)
 
 
-def launch_hypergraph_bwd(xp, prototypes, lse, dropout_mask, g, he, dlse, src, dxp, dx, dp_part, dhe_part, dlse_part,
-                          scale, *, aggregate, tokens_per_split, block_n, block_m, block_d, precision, num_warps, num_stages):
+def launch_hypergraph_bwd(
+    xp,
+    prototypes,
+    lse,
+    dropout_mask,
+    g,
+    he,
+    dlse,
+    src,
+    dxp,
+    dx,
+    dp_part,
+    dhe_part,
+    dlse_part,
+    scale,
+    *,
+    aggregate,
+    tokens_per_split,
+    block_n,
+    block_m,
+    block_d,
+    precision,
+    num_warps,
+    num_stages,
+):
     """Launch the backward; the N-reduction buffers are ``(B, cdiv(N, tokens_per_split), M, [D])``.
 
     Aggregate: ``g = dhe``, ``he`` the forward output, ``dlse`` (B, M) float32 contiguous or None,
@@ -116,13 +178,38 @@ def launch_hypergraph_bwd(xp, prototypes, lse, dropout_mask, g, he, dlse, src, d
     mask_strides = dropout_mask.stride() if dropout_mask is not None else (0, 0, 0)
     # unused pointers of the other mode point at a live tensor; the kernel never touches them
     hypergraph_bwd_kernel[(num_splits, b)](
-        xp, prototypes, lse, mask, g, he if he is not None else g, dlse if dlse is not None else lse, src,
-        dxp, dx if dx is not None else dxp, dp_part,
-        dhe_part if dhe_part is not None else dp_part, dlse_part if dlse_part is not None else lse,
-        *xp.stride(), *prototypes.stride(), *g.stride(), *src.stride(), *mask_strides,
+        xp,
+        prototypes,
+        lse,
+        mask,
+        g,
+        he if he is not None else g,
+        dlse if dlse is not None else lse,
+        src,
+        dxp,
+        dx if dx is not None else dxp,
+        dp_part,
+        dhe_part if dhe_part is not None else dp_part,
+        dlse_part if dlse_part is not None else lse,
+        *xp.stride(),
+        *prototypes.stride(),
+        *g.stride(),
+        *src.stride(),
+        *mask_strides,
         *(he.stride() if he is not None else (0, 0, 0)),
-        n, m, d, tokens_per_split, num_splits, scale,
-        AGGREGATE=aggregate, HAS_MASK=dropout_mask is not None, HAS_DLSE=dlse is not None,
-        BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, PRECISION=precision,
-        num_warps=num_warps, num_stages=num_stages,
+        n,
+        m,
+        d,
+        tokens_per_split,
+        num_splits,
+        scale,
+        AGGREGATE=aggregate,
+        HAS_MASK=dropout_mask is not None,
+        HAS_DLSE=dlse is not None,
+        BLOCK_N=block_n,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        PRECISION=precision,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )

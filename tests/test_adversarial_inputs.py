@@ -135,7 +135,8 @@ def test_op_backend_names_are_validated_and_case_insensitive():
     ids=["int", "bytes", "dict-int", "dict-bytes", "dict-bogus", "dict-op", "bogus"],
 )
 def test_backend_spec_errors_name_the_argument(spec, error, match):
-    """Old: ``patch(m, 123)`` / ``{"area": 123}`` gave raw TypeError/AttributeError, ``b"sdpa"`` a list of byte values."""
+    """Old: ``patch(m, 123)`` / ``{"area": 123}`` gave raw TypeError/AttributeError, ``b"sdpa"`` a list of byte
+    values."""
     with pytest.raises(error, match=match) as raised:
         validate_spec(spec)
     if error is TypeError or "is not a backend" in match:

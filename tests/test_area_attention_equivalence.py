@@ -17,7 +17,7 @@ from yolo13_attn.nn.area_attention import heads_view
 from yolo13_attn.ops.reference import area_attention_reference
 from yolo13_attn.testing import assert_flash_rule
 
-# (batch, heads, head_dim, H, W, area): the spec's 640x640 shapes, then odd ones
+# (batch, heads, head_dim, H, W, area): YOLOv13's shapes at 640x640, then odd ones
 SHAPES = [
     (1, 2, 32, 40, 40, 4),  # YOLOv13-n P4
     (2, 12, 32, 40, 40, 4),  # YOLOv13-x P4
@@ -106,7 +106,9 @@ def flash_attn_func_double(q, k, v, softmax_scale=None, return_attn_probs=False,
     """Behaves like flash_attn.flash_attn_func and rejects what the real one rejects."""
     assert q.dim() == 4 and q.shape[0] == k.shape[0] == v.shape[0], "(batch, seqlen, heads, head_dim) expected"
     assert q.shape[2:] == k.shape[2:] == v.shape[2:] and k.shape[1] == v.shape[1]
-    assert q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype, f"fp16/bf16 only, got {q.dtype}"
+    assert q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype, (
+        f"fp16/bf16 only, got {q.dtype}"
+    )
     assert q.shape[-1] <= 256 and q.shape[-1] % 8 == 0, "head_dim <= 256, multiple of 8"
     assert all(t.stride(-1) == 1 for t in (q, k, v)), "last dimension must be contiguous"
     assert not kwargs.get("causal", False)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
+from backend_cases import AREA_BACKENDS, HYPERGRAPH_BACKENDS
 from ultralytics import YOLO
 
 import yolo13_attn
-from backend_cases import AREA_BACKENDS, HYPERGRAPH_BACKENDS
 from yolo13_attn.binding import exporting
 from yolo13_attn.nn import AAttn, AdaHGComputation, YOLOv13Detect
 from yolo13_attn.nn.head import grid_anchors
@@ -86,7 +87,9 @@ def test_torch_compile_inductor_whole_model_matches_eager(backend):
             return (compiled(x)[0] - model(x)[0]).abs().max().item()
 
     plain, patched = drift(patched_yolov13n(None, torch.float32)), drift(patched_yolov13n(backend, torch.float32))
-    assert patched <= 2 * plain + 1e-2, f"compiled {backend} drifts {patched:.3g} from eager; unpatched drifts {plain:.3g}"
+    assert patched <= 2 * plain + 1e-2, (
+        f"compiled {backend} drifts {patched:.3g} from eager; unpatched drifts {plain:.3g}"
+    )
 
 
 # ---- compile vs export (CPU, every torch) -------------------------------------------------------
@@ -197,7 +200,9 @@ def test_grid_anchors_equal_ultralytics_make_anchors(dtype):
     strides = torch.tensor([8.0, 16.0, 32.0])
     anchors, scales = grid_anchors(feats, strides)
     expected_anchors, expected_scales = make_anchors(feats, strides, 0.5)
-    assert torch.equal(anchors, expected_anchors.transpose(0, 1)) and torch.equal(scales, expected_scales.transpose(0, 1))
+    assert torch.equal(anchors, expected_anchors.transpose(0, 1)) and torch.equal(
+        scales, expected_scales.transpose(0, 1)
+    )
 
 
 def test_only_yolov13_models_get_the_traceable_head(tmp_path):
@@ -294,7 +299,7 @@ def test_max_autotune_compiled_layers_run_the_backends_kernels(backend):
         x = torch.randn(shape, device="cuda", dtype=torch.half)
         with torch.no_grad():
             compiled(x)
-            kernels = profiled_kernels(lambda: compiled(x))
+            kernels = profiled_kernels(functools.partial(compiled, x))
         expected = BACKEND_KERNELS[backend][:1] if isinstance(layer, AAttn) else BACKEND_KERNELS["triton"][1:]
         assert ran(kernels, expected), sorted(set(kernels))
         assert softmax_launches(kernels) == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from backend_cases import DEVICES, DTYPES, HYPERGRAPH_BACKENDS, backend_baseline_dtype, dtype_id, skip_unless_supported
+
 from yolo13_attn import BackendUnsupportedError, hypergraph_aggregate, hypergraph_scatter
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
 from yolo13_attn.ops.reference import hypergraph_aggregate_reference, hypergraph_scale, hypergraph_scatter_reference
@@ -32,12 +32,23 @@ def cases():
     """The grid of issue 4, trimmed to what a CPU runs quickly; the GPU takes every size."""
     for device in DEVICES:
         big = device == "cuda"
-        for d, m, n in [(16, 1, 7), (64, 4, 1600), (128, 8, 1600), (256, 8, 1), (384, 12, 1600), (64, 16, 7), (384, 12, 6400), (256, 8, 6400)]:
+        for d, m, n in [
+            (16, 1, 7),
+            (64, 4, 1600),
+            (128, 8, 1600),
+            (256, 8, 1),
+            (384, 12, 1600),
+            (64, 16, 7),
+            (384, 12, 6400),
+            (256, 8, 6400),
+        ]:
             if n == 6400 and not big:
                 continue
             for b in (1, 3):
                 for dropout in (False, True):
-                    yield pytest.param(b, n, d, m, dropout, device, id=f"B{b}-N{n}-D{d}-M{m}-{'train' if dropout else 'eval'}-{device}")
+                    yield pytest.param(
+                        b, n, d, m, dropout, device, id=f"B{b}-N{n}-D{d}-M{m}-{'train' if dropout else 'eval'}-{device}"
+                    )
 
 
 def heads_for(d: int) -> int:

@@ -12,11 +12,11 @@ import copy
 
 import pytest
 import torch
+from backend_cases import AREA_BACKENDS, DEVICES, HYPERGRAPH_BACKENDS, dtype_id
 from ultralytics import YOLO
 from ultralytics.cfg import get_cfg
 
 import yolo13_attn
-from backend_cases import AREA_BACKENDS, DEVICES, HYPERGRAPH_BACKENDS, dtype_id
 from yolo13_attn.testing import assert_flash_rule, calibrate_batchnorm, randomize_weights
 
 MODELS = ["yolov13n", "yolov13s", "yolo12n"]
@@ -49,7 +49,9 @@ def model_cases():
                     if op == "hypergraph" and name == "yolo12n":
                         continue
                     for backend in backends:
-                        yield pytest.param(name, op, backend, dtype, device, id=f"{name}-{op}-{backend}-{dtype_id(dtype)}-{device}")
+                        yield pytest.param(
+                            name, op, backend, dtype, device, id=f"{name}-{op}-{backend}-{dtype_id(dtype)}-{device}"
+                        )
 
 
 @pytest.mark.parametrize("name,op,backend,dtype,device", list(model_cases()))
@@ -57,7 +59,9 @@ def test_model_equivalence_patched_vs_unpatched(reference_models, name, op, back
     if backend == "triton" and device == "cpu" and name != "yolov13n":
         pytest.skip("Triton interpreter on CPU: one model is enough, the GPU runs all")
     if backend == "flash" and dtype == torch.float32:
-        pytest.skip("flash computes fp32 layers in fp16 (as the official model): covered at op level against an fp16 baseline")
+        pytest.skip(
+            "flash computes fp32 layers in fp16 (as the official model): covered at op level against an fp16 baseline"
+        )
     base = reference_models[name]
     x = torch.rand(2, 3, 128, 96, generator=torch.Generator().manual_seed(0)).to(device)
     ref64 = copy.deepcopy(base).to(device).double()
@@ -78,7 +82,9 @@ def test_model_equivalence_patched_vs_unpatched(reference_models, name, op, back
     assert_flash_rule(det, ref64_det, base_det, f"{name} detections [{backend}]")
 
 
-TRAINING_BACKENDS = sorted((set(AREA_BACKENDS) & set(HYPERGRAPH_BACKENDS)) - {"flash"} - (set() if torch.cuda.is_available() else {"triton"}))
+TRAINING_BACKENDS = sorted(
+    (set(AREA_BACKENDS) & set(HYPERGRAPH_BACKENDS)) - {"flash"} - (set() if torch.cuda.is_available() else {"triton"})
+)
 
 
 @pytest.mark.parametrize("backend", TRAINING_BACKENDS)

@@ -162,7 +162,7 @@ def test_trainer_callback_binds_rebuilt_models_to_the_composed_patch(yolo, monke
     """The callback patch() installs binds the model a trainer rebuilds (and its EMA) to every patch in force."""
     from types import SimpleNamespace
 
-    from yolo13_attn.patching import TRAIN_EVENT
+    from yolo13_attn.integration.ultralytics_api import TRAIN_EVENT
 
     patch(yolo, {"area": "sdpa"})
     patch(yolo, {"hypergraph": "sdpa"})

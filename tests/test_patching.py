@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 import warnings
 import zipfile
 
@@ -44,7 +43,9 @@ def test_patch_reports_every_layer_with_kernel_dtype_and_why(yolo):
     handle = patch(yolo, "sdpa")
     rows = handle.report()
     assert len(rows) == 10 and {r.op for r in rows} == {"area", "hypergraph"}
-    assert all(r.backend == "sdpa" and r.kernel.startswith("sdpa/") and r.compute_dtype == "float32" and r.why for r in rows)
+    assert all(
+        r.backend == "sdpa" and r.kernel.startswith("sdpa/") and r.compute_dtype == "float32" and r.why for r in rows
+    )
     assert "model.6.m.0.0.attn" in str(handle) and "model.9.branch1.m.hgnn" in str(handle)
 
 
@@ -239,8 +240,20 @@ def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path, monkeypatch)
     yolo.add_callback("on_train_start", lambda trainer: [calls.clear() for calls in naive_calls])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yolo.train(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, amp=False,
-                   project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False)
+        yolo.train(
+            data=str(data),
+            epochs=1,
+            imgsz=64,
+            batch=2,
+            workers=0,
+            device="cpu",
+            plots=False,
+            amp=False,
+            project=str(tmp_path / "runs"),
+            name="t",
+            exist_ok=True,
+            verbose=False,
+        )
     assert seen and all(s == {"sdpa"} for s in seen)
     assert sdpa_calls and naive_calls == [[], []]  # the final validation of best.pt ran the patch too
     assert {r.requested for r in yolo13_attn.patching.report(yolo)} == {"sdpa"}

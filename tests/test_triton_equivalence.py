@@ -66,7 +66,7 @@ def _grads(fn, inputs, grad_outputs):
 def _conv_qkv(base: torch.Tensor, heads: int):
     """q, k, v as per-head channel-major views (B, heads, head_dim, N) of one (B, 3C, H, W) conv output."""
     c = base.shape[1] // 3
-    return tuple(base[:, i * c:(i + 1) * c].unflatten(1, (heads, c // heads)).flatten(3) for i in range(3))
+    return tuple(base[:, i * c : (i + 1) * c].unflatten(1, (heads, c // heads)).flatten(3) for i in range(3))
 
 
 def _conv_base(b, heads, head_dim, h, w, dtype, seed, channels_last=False):
@@ -99,11 +99,18 @@ def _area_id(case):
 def test_area_forward_equivalence(case, dtype):
     b, heads, hd, h, w, area, cl = case
     q, k, v = _conv_qkv(_conv_base(b, heads, hd, h, w, dtype, seed=1, channels_last=cl), heads)
-    scale = hd ** -0.5
+    scale = hd**-0.5
     ref64 = area_attention_reference(q.double(), k.double(), v.double(), area, scale)
     baseline = area_attention_reference(q, k, v, area, scale)
-    out, lse = triton_ops.area_attention_forward(q, k, v, area, scale, out=poisoned_like(ref64.to(dtype)),
-                                                 lse=poisoned_like(q.new_empty((b, heads, h * w), dtype=torch.float32)))
+    out, lse = triton_ops.area_attention_forward(
+        q,
+        k,
+        v,
+        area,
+        scale,
+        out=poisoned_like(ref64.to(dtype)),
+        lse=poisoned_like(q.new_empty((b, heads, h * w), dtype=torch.float32)),
+    )
     assert_flash_rule(out, ref64, baseline, f"area forward {_area_id(case)} {_name(dtype)}")
     assert out.is_contiguous() and out.dtype == dtype
     assert bool(torch.isfinite(lse).all()), "lse has unwritten (NaN) elements"
@@ -118,14 +125,14 @@ def test_area_gradient_equivalence(case, dtype):
     b, heads, hd, h, w, area, cl = case
     base = _conv_base(b, heads, hd, h, w, dtype, seed=2, channels_last=cl)
     grad = _rand((b, heads, hd, h * w), torch.float32, seed=3)
-    scale = hd ** -0.5
+    scale = hd**-0.5
 
     def run(fn, base_in):
         return _grads(lambda t: fn(*_conv_qkv(t, heads), area, scale), [base_in], [grad])
 
-    (out, ), (dbase, ) = run(AREA_BACKEND.forward, base)
-    (ref64, ), (dref64, ) = run(area_attention_reference, base.double())
-    (baseline, ), (dbaseline, ) = run(area_attention_reference, base)
+    (out,), (dbase,) = run(AREA_BACKEND.forward, base)
+    (ref64,), (dref64,) = run(area_attention_reference, base.double())
+    (baseline,), (dbaseline,) = run(area_attention_reference, base)
     what = f"{_area_id(case)} {_name(dtype)}"
     assert_flash_rule(out, ref64, baseline, f"area forward {what}")
     c = heads * hd
@@ -140,10 +147,11 @@ def test_area_backward_launcher_writes_everything_equivalence(dtype):
     b, heads, hd, h, w, area = 2, 3, 32, 3, 26, 2  # N = 78, 39 per area
     q, k, v = _conv_qkv(_conv_base(b, heads, hd, h, w, dtype, seed=4), heads)
     do = _rand((b, heads, hd, h * w), dtype, seed=5)
-    scale = hd ** -0.5
+    scale = hd**-0.5
     out, lse = triton_ops.area_attention_forward(q, k, v, area, scale)
-    dq, dk, dv = triton_ops.area_attention_backward(do, q, k, v, out, lse, area, scale,
-                                                    dq=poisoned_like(out), dk=poisoned_like(out), dv=poisoned_like(out))
+    dq, dk, dv = triton_ops.area_attention_backward(
+        do, q, k, v, out, lse, area, scale, dq=poisoned_like(out), dk=poisoned_like(out), dv=poisoned_like(out)
+    )
     _, g64 = _grads(lambda *t: area_attention_reference(*t, area, scale), [t.double() for t in (q, k, v)], [do])
     _, gbase = _grads(lambda *t: area_attention_reference(*t, area, scale), [q, k, v], [do])
     for name, got, ref, base in zip("qkv", (dq, dk, dv), g64, gbase):
@@ -207,8 +215,9 @@ def test_hypergraph_forward_equivalence(case, dtype):
     x, xp, p, mask, scale = _hg_inputs(case, dtype, seed=10)
     he64, lse64 = hypergraph_aggregate_reference(x.double(), xp.double(), p.double(), scale, _mask64(mask))
     he_base, lse_base = hypergraph_aggregate_reference(x, xp, p, scale, mask)
-    he, lse = triton_ops.aggregate_forward(x, xp, p, scale, mask, he=poisoned_like(he_base),
-                                           lse=poisoned_like(lse_base))
+    he, lse = triton_ops.aggregate_forward(
+        x, xp, p, scale, mask, he=poisoned_like(he_base), lse=poisoned_like(lse_base)
+    )
     what = f"{_hg_id(case)} {_name(dtype)}"
     assert he.dtype == dtype and lse.dtype == torch.float32
     assert_flash_rule(he, he64, he_base, f"aggregate he {what}")
@@ -239,7 +248,7 @@ def test_hypergraph_gradient_equivalence(case, dtype, split):
         pytest.skip("forced small splits of long sequences only on GPU (interpreter time)")
     x, xp, p, mask, scale = _hg_inputs(case, dtype, seed=20)
     d = x.shape[-1]
-    weight = _rand((d, d), dtype, seed=23, scale=d ** -0.5)
+    weight = _rand((d, d), dtype, seed=23, scale=d**-0.5)
     g_xn = _rand(xp.shape, torch.float32, seed=21)
     g_he = _rand(p.shape, torch.float32, seed=22)
     cfg = None if split is None else {"tokens_per_split": split}
@@ -295,8 +304,9 @@ def test_hypergraph_scatter_gradient_equivalence(case, dtype):
     g = _rand(xp.shape, torch.float32, seed=33)
     inputs = (xp, p, lse, he)
     (xn,), grads = _grads(lambda *t: triton_ops.hypergraph_scatter(*t, scale, mask), inputs, [g])
-    (xn64,), grads64 = _grads(lambda *t: hypergraph_scatter_reference(*t, scale, _mask64(mask)),
-                              [t.double() for t in inputs], [g])
+    (xn64,), grads64 = _grads(
+        lambda *t: hypergraph_scatter_reference(*t, scale, _mask64(mask)), [t.double() for t in inputs], [g]
+    )
     (xnb,), grads_b = _grads(lambda *t: hypergraph_scatter_reference(*t, scale, mask), inputs, [g])
     what = f"{_hg_id(case)} {_name(dtype)}"
     assert_flash_rule(xn, xn64, xnb, f"scatter {what}")
@@ -310,17 +320,22 @@ def test_hypergraph_backward_launchers_write_everything_equivalence(dtype):
     x, xp, p, mask, scale = _hg_inputs(case, dtype, seed=40)
     he, lse = triton_ops.aggregate_forward(x, xp, p, scale, mask)
     dhe, dlse = _rand(he.shape, dtype, seed=41), _rand(lse.shape, torch.float32, seed=42)
-    dx, dxp, dp = triton_ops.aggregate_backward(dhe, dlse, x, xp, p, he, lse, scale, mask,
-                                                dx=poisoned_like(x), dxp=poisoned_like(xp))
-    _, g64 = _grads(lambda *t: hypergraph_aggregate_reference(*t, scale, _mask64(mask)),
-                    [t.double() for t in (x, xp, p)], [dhe, dlse])
+    dx, dxp, dp = triton_ops.aggregate_backward(
+        dhe, dlse, x, xp, p, he, lse, scale, mask, dx=poisoned_like(x), dxp=poisoned_like(xp)
+    )
+    _, g64 = _grads(
+        lambda *t: hypergraph_aggregate_reference(*t, scale, _mask64(mask)),
+        [t.double() for t in (x, xp, p)],
+        [dhe, dlse],
+    )
     _, gb = _grads(lambda *t: hypergraph_aggregate_reference(*t, scale, mask), [x, xp, p], [dhe, dlse])
     for name, got, ref, base in zip(("x", "xp", "prototypes"), (dx, dxp, dp), g64, gb):
         assert_flash_rule(got, ref, base, f"aggregate backward launcher d{name} {_name(dtype)}")
     dxn = _rand(xp.shape, dtype, seed=43)
     dxp2, dp2, dlse2, dhe2 = triton_ops.scatter_backward(dxn, xp, p, lse, he, scale, mask, dxp=poisoned_like(xp))
-    _, g64 = _grads(lambda *t: hypergraph_scatter_reference(*t, scale, _mask64(mask)),
-                    [t.double() for t in (xp, p, lse, he)], [dxn])
+    _, g64 = _grads(
+        lambda *t: hypergraph_scatter_reference(*t, scale, _mask64(mask)), [t.double() for t in (xp, p, lse, he)], [dxn]
+    )
     _, gb = _grads(lambda *t: hypergraph_scatter_reference(*t, scale, mask), [xp, p, lse, he], [dxn])
     for name, got, ref, base in zip(("xp", "prototypes", "lse", "he"), (dxp2, dp2, dlse2, dhe2), g64, gb):
         assert_flash_rule(got, ref, base, f"scatter backward launcher d{name} {_name(dtype)}")
@@ -337,12 +352,15 @@ def test_custom_ops_opcheck_equivalence():
     torch.library.opcheck(torch.ops.yolo13_attn.triton_area_attention.default, (q, k, v, 2, 0.25), test_utils=tests)
     x, xp, p, mask, scale = _hg_inputs((1, 9, 16, 3, True), torch.float32, seed=51)
     x, xp, p = (t.detach().requires_grad_(True) for t in (x, xp, p))
-    torch.library.opcheck(torch.ops.yolo13_attn.triton_hypergraph_aggregate.default, (x, xp, p, scale, mask),
-                          test_utils=tests)
+    torch.library.opcheck(
+        torch.ops.yolo13_attn.triton_hypergraph_aggregate.default, (x, xp, p, scale, mask), test_utils=tests
+    )
     he, lse = triton_ops.hypergraph_aggregate(x, xp, p, scale, mask)
-    torch.library.opcheck(torch.ops.yolo13_attn.triton_hypergraph_scatter.default,
-                          (xp, p, lse.detach().requires_grad_(True), he.detach().requires_grad_(True), scale, None),
-                          test_utils=tests)
+    torch.library.opcheck(
+        torch.ops.yolo13_attn.triton_hypergraph_scatter.default,
+        (xp, p, lse.detach().requires_grad_(True), he.detach().requires_grad_(True), scale, None),
+        test_utils=tests,
+    )
 
 
 def test_torch_compile_fullgraph_equivalence():
@@ -372,7 +390,7 @@ def test_cuda_graph_capture_equivalence():
     params = [base, x, xp, p]
 
     def step():
-        o = triton_ops.area_attention(*_conv_qkv(base, heads), area, hd ** -0.5)
+        o = triton_ops.area_attention(*_conv_qkv(base, heads), area, hd**-0.5)
         he, lse = triton_ops.hypergraph_aggregate(x, xp, p, scale, mask)
         xn = triton_ops.hypergraph_scatter(xp, p, lse, he, scale, mask)
         loss = o.float().square().sum() + xn.float().square().sum()

@@ -1,4 +1,4 @@
-"""YOLOv13 on stock Ultralytics: building, naming, forward, and the spec's math (issue 2)."""
+"""YOLOv13 on stock Ultralytics: building, naming, forward, and the official model's math (issue 2)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ultralytics.nn.tasks import DetectionModel
 from yolo13_attn.nn import AAttn, AdaHGConv, AdaHyperedgeGen
 from yolo13_attn.testing import randomize_weights
 
+# the official YOLOv13 models: parameter counts of each scale, attention heads, hypergraph sizes
 SPEC_PARAMS = {"n": 2_494_151, "s": 9_055_527, "l": 27_627_783, "x": 64_057_511}
 SPEC_HEADS = {"n": (2, 4), "s": (4, 8), "l": (8, 8), "x": (12, 12)}  # AAttn heads at P4, P5
 SPEC_HYPERGRAPH = {"n": (64, 4), "s": (128, 8), "l": (256, 8), "x": (384, 12)}  # D, M
@@ -84,8 +85,16 @@ def test_forward_non_square_batch_is_finite():
 
 def test_stock_models_unchanged_by_import():
     """YOLO11n / YOLO12n build exactly as without yolo13_attn (counted in a clean interpreter)."""
-    code = "from ultralytics import YOLO; import json; print(json.dumps({n: [sum(p.numel() for p in YOLO(n + '.yaml').model.parameters()), list(YOLO(n + '.yaml').model.state_dict())] for n in ('yolo11n', 'yolo12n')}))"
-    clean = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    code = (
+        "from ultralytics import YOLO; import json; print(json.dumps({n: [sum(p.numel() for p in "
+        "YOLO(n + '.yaml').model.parameters()), list(YOLO(n + '.yaml').model.state_dict())] "
+        "for n in ('yolo11n', 'yolo12n')}))"
+    )
+    clean = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     for name, (count, keys) in clean.items():
         model = YOLO(f"{name}.yaml").model
         assert n_params(model) == count
@@ -106,7 +115,7 @@ def test_hypergraph_wrong_channels_raises():
         AdaHGComputation(64, 4, 4)(torch.randn(1, 32, 4, 4))
 
 
-# --- the unpatched layers compute the spec's math (an independent float64 re-derivation) ---
+# --- the unpatched layers compute the official model's math (an independent float64 re-derivation) ---
 
 
 def spec_area_attention(layer: AAttn, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +154,10 @@ def spec_hypergraph(conv: AdaHGConv, x: torch.Tensor, dropout: torch.nn.Module) 
     xp = gen.pre_head_proj(x)
     heads, hd = gen.num_heads, d // gen.num_heads
     per_head = torch.stack(
-        [(xp[..., i * hd : (i + 1) * hd] @ protos[..., i * hd : (i + 1) * hd].transpose(1, 2)) / math.sqrt(hd) for i in range(heads)]
+        [
+            (xp[..., i * hd : (i + 1) * hd] @ protos[..., i * hd : (i + 1) * hd].transpose(1, 2)) / math.sqrt(hd)
+            for i in range(heads)
+        ]
     )
     a = torch.softmax(dropout(per_head.mean(0)), dim=1)
     he = conv.edge_proj(a.transpose(1, 2) @ x)

@@ -3,14 +3,17 @@
 ``import yolo13_attn`` teaches Ultralytics to build (``YOLO("yolov13n.yaml")``) and load
 (``YOLO("yolov13n.pt")``) YOLOv13; ``yolo13_attn.patch(model, backend=...)`` swaps the math of its
 attention layers for a backend (``naive``, ``sdpa``, ``flash``, ``triton``, ``cuda`` or ``auto``).
+
+The import changes Ultralytics once, through ``yolo13_attn/integration/ultralytics_api.py``;
+``yolo13_attn.integration.installed()`` lists every change.
 """
 
 import logging
 import sys
 
 from .backends import BackendUnsupportedError, available_backends
-from .integration import install as _install_into_ultralytics
 from .functional import area_attention, hypergraph_aggregate, hypergraph_scatter
+from .integration.installer import install as _install_into_ultralytics
 from .patching import LayerReport, PatchHandle, attention_layers, patch, unpatch
 from .profiling import format_kernels_by_layer, kernels_by_layer
 

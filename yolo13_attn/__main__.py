@@ -72,7 +72,8 @@ def info() -> None:
             state = "available" if entry["available"] else "unavailable: " + "; ".join(entry["reasons"])
             dtypes = ",".join(entry["dtypes"])
             print(
-                f"  {name:<7} {state}\n          {entry['description']} [devices {','.join(entry['devices'])}; {dtypes}; backward {entry['backward']}]"
+                f"  {name:<7} {state}\n          {entry['description']} "
+                f"[devices {','.join(entry['devices'])}; {dtypes}; backward {entry['backward']}]"
             )
     print("\n" + "\n".join(flash_implementations()))
 
@@ -97,7 +98,8 @@ def demo(backend: str, imgsz: int) -> None:
     results = yolo.predict(ASSETS / "bus.jpg", imgsz=imgsz, device=device, conf=0.0, max_det=10, verbose=False)
     elapsed = time.perf_counter() - start
     print(
-        f"predict on bus.jpg at {imgsz}: {len(results[0].boxes)} boxes (random weights: boxes are meaningless), {elapsed * 1000:.0f} ms"
+        f"predict on bus.jpg at {imgsz}: {len(results[0].boxes)} boxes (random weights: boxes are meaningless), "
+        f"{elapsed * 1000:.0f} ms"
     )
     print(f"\nwhat ran (backend={backend!r}):\n{handle}")
 

@@ -123,7 +123,9 @@ class OpPlan:
                 requested = self._requested_backend()
                 if requested is not None and not self.strict and not requested.environment_reasons(call):
                     backend, skipped = select(call, AUTO)
-                    choice = Choice(backend, backend.plan(call), skipped, fallback="; ".join(requested.layer_reasons(call)))
+                    choice = Choice(
+                        backend, backend.plan(call), skipped, fallback="; ".join(requested.layer_reasons(call))
+                    )
             self.choices[key] = choice
         return choice
 

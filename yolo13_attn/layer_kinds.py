@@ -9,23 +9,24 @@ without the binding (a checkpoint of a patched model holds no patched state), wh
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-import ultralytics.nn.modules.block as ul_block
 from torch import Tensor, nn
 
 from . import nn as v13
 from .backends.base import AREA, HYPERGRAPH
 from .binding import Binding, area_call_key, hypergraph_call_key
-from .nn.area_attention import heads_view
 from .functional import area_attention
+from .integration.ultralytics_api import StockAAttn
+from .nn.area_attention import heads_view
 from .ops.checks import check_finite
 
 BINDING_ATTR = "_yolo13_binding"
 
 
-def yolo12_aattn_forward(self: ul_block.AAttn, x: Tensor) -> Tensor:
+def yolo12_aattn_forward(self: StockAAttn, x: Tensor) -> Tensor:
     """Stock (YOLO12) AAttn through ``area_attention``: its fused ``qkv`` conv holds, per head, q, k, v
     of ``head_dim`` channels each; ``pe`` is a 7x7 depthwise conv on v."""
     b, _, h, w = x.shape
@@ -50,7 +51,7 @@ class LayerKind:
 
 LAYER_KINDS: tuple[LayerKind, ...] = (
     LayerKind(AREA, v13.AAttn, lambda m: m.head_dim),
-    LayerKind(AREA, ul_block.AAttn, lambda m: m.head_dim, {"forward": yolo12_aattn_forward}),
+    LayerKind(AREA, StockAAttn, lambda m: m.head_dim, {"forward": yolo12_aattn_forward}),
     LayerKind(
         HYPERGRAPH,
         v13.AdaHGConv,
@@ -112,7 +113,11 @@ def kind_of(layer: nn.Module) -> LayerKind | None:
 def patched_class(kind: LayerKind) -> type[nn.Module]:
     """The patched subclass of ``kind.cls`` (created once)."""
     if kind.cls not in _PATCHED:
-        namespace = {"_unpatched_class": kind.cls, "__module__": kind.cls.__module__, "__qualname__": kind.cls.__qualname__}
+        namespace = {
+            "_unpatched_class": kind.cls,
+            "__module__": kind.cls.__module__,
+            "__qualname__": kind.cls.__qualname__,
+        }
         _PATCHED[kind.cls] = type(kind.cls.__name__, (PatchedLayer, kind.cls), {**namespace, **kind.overrides})
     return _PATCHED[kind.cls]
 

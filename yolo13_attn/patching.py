@@ -32,12 +32,22 @@ from torch import nn
 from .backends.base import OPS
 from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_spec
 from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, call_of, machine_devices
+from .integration.ultralytics_api import (
+    add_train_callback,
+    drop_predictor,
+    ema_model,
+    is_yolo,
+    remove_train_callback,
+    run_stock_train,
+    set_final_eval,
+    set_train,
+    unset_train,
+)
 from .layer_kinds import BINDING_ATTR, LayerKind, bind, kind_of, unbind
 
 LOGGER = logging.getLogger("yolo13_attn")
 BackendSpec = str | Mapping[str, str] | None
 YOLO_STATE_ATTR = "_yolo13_patch"
-TRAIN_EVENT = "on_pretrain_routine_end"
 
 #: root module -> its patch state (weak: a model that goes away takes its state along)
 _STATES: weakref.WeakKeyDictionary[nn.Module, PatchState] = weakref.WeakKeyDictionary()
@@ -74,12 +84,6 @@ def _resolve_spec(backend: BackendSpec) -> dict[str, tuple[str, str]]:
         source = f"${DEFAULT_BACKEND_ENV}" if os.environ.get(DEFAULT_BACKEND_ENV, "").strip() else "default"
         return dict.fromkeys(OPS, (default_backend(), source))
     return {op: (name, "argument") for op, name in validate_spec(backend).items()}
-
-
-def is_yolo(target: object) -> bool:
-    from ultralytics.engine.model import Model
-
-    return isinstance(target, Model)
 
 
 def _root_module(target: nn.Module) -> nn.Module:
@@ -240,7 +244,7 @@ def _apply(target: nn.Module, state: PatchState) -> int:
         _remove_yolo_hooks(target)
         if state.entries:
             _install_yolo_hooks(target, state)
-        target.predictor = None  # the predictor holds a copy made before this change: rebuild it
+        drop_predictor(target)  # the predictor holds a copy made before this change: rebuild it
     return count
 
 
@@ -297,7 +301,9 @@ def _warn_fallbacks(model_name: str, entry: PatchEntry, layers: list) -> None:
             for key, choice in plan.choices.items():
                 if choice.fallback and key[1:] == own[1:]:
                     mode = "training" if training else "inference"
-                    found.setdefault(name, set()).add(f"{mode} on {key[0]} -> {choice.backend.name} ({choice.fallback})")
+                    found.setdefault(name, set()).add(
+                        f"{mode} on {key[0]} -> {choice.backend.name} ({choice.fallback})"
+                    )
     if found:
         lines = "\n".join(f"  {name}: {'; '.join(sorted(why))}" for name, why in found.items())
         warnings.warn(
@@ -353,11 +359,10 @@ def _bind_trainer_models(state: PatchState, trainer) -> None:
     model its final validation loads from ``best.pt``."""
     model = _unwrap(trainer.model)
     bind_model(model, state)
-    ema = getattr(trainer, "ema", None)
-    if ema is not None and ema.ema is not model:
-        bind_model(ema.ema, state)
-    if "final_eval" not in trainer.__dict__:
-        trainer.final_eval = functools.partial(_validate_with_patch, state, trainer.final_eval)
+    ema = ema_model(trainer)
+    if ema is not None and ema is not model:
+        bind_model(ema, state)
+    set_final_eval(trainer, functools.partial(_validate_with_patch, state))
 
 
 def _validate_with_patch(state: PatchState, final_eval) -> None:
@@ -384,20 +389,20 @@ def bind_if_loading(model: nn.Module) -> None:
 
 def _train_and_rebind(yolo, state: PatchState, *args, **kwargs):
     """``YOLO.train`` replaces ``yolo.model`` with the best checkpoint when it ends: bind that too."""
-    result = type(yolo).train(yolo, *args, **kwargs)
+    result = run_stock_train(yolo, *args, **kwargs)
     _apply(yolo, state)
     return result
 
 
 def _install_yolo_hooks(yolo, state: PatchState) -> None:
     callback = functools.partial(_bind_trainer_models, state)
-    yolo.add_callback(TRAIN_EVENT, callback)
-    yolo.__dict__["train"] = functools.partial(_train_and_rebind, yolo, state)
+    add_train_callback(yolo, callback)
+    set_train(yolo, functools.partial(_train_and_rebind, yolo, state))
     yolo.__dict__[YOLO_STATE_ATTR] = callback
 
 
 def _remove_yolo_hooks(yolo) -> None:
     callback = yolo.__dict__.pop(YOLO_STATE_ATTR, None)
     if callback is not None:
-        yolo.callbacks[TRAIN_EVENT].remove(callback)
-        yolo.__dict__.pop("train", None)
+        remove_train_callback(yolo, callback)
+        unset_train(yolo)

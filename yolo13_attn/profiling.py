@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 
-from .patching import attention_layers, is_yolo
+from .integration.ultralytics_api import is_yolo
+from .patching import attention_layers
 
 RANGE_PREFIX = "yolo13_attn::layer::"
 
@@ -46,6 +47,7 @@ def kernels_by_layer(model: nn.Module, *inputs: torch.Tensor) -> dict[str, Count
     ranges: dict[str, record_function] = {}
     hooks = []
     for name, layer in layers:
+
         def enter(_module, _args, name=name):
             ranges[name] = record_function(RANGE_PREFIX + name)
             ranges[name].__enter__()
@@ -75,4 +77,6 @@ def kernels_by_layer(model: nn.Module, *inputs: torch.Tensor) -> dict[str, Count
 
 def format_kernels_by_layer(found: dict[str, Counter]) -> str:
     """One line per layer: ``name: kernel x count, ...``."""
-    return "\n".join(f"{name}: " + ", ".join(f"{k} x{n}" for k, n in kernels.most_common()) for name, kernels in found.items())
+    return "\n".join(
+        f"{name}: " + ", ".join(f"{k} x{n}" for k, n in kernels.most_common()) for name, kernels in found.items()
+    )

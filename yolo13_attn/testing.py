@@ -69,7 +69,13 @@ def poisoned_like(t: Tensor) -> Tensor:
     return torch.full_like(t, float("nan"))
 
 
-def random_normal(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device, generator: torch.Generator | None = None, scale: float = 1.0) -> Tensor:
+def random_normal(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: str | torch.device,
+    generator: torch.Generator | None = None,
+    scale: float = 1.0,
+) -> Tensor:
     """Fresh N(0, scale^2) values (never zeros), drawn in float32 then cast."""
     return (torch.randn(shape, generator=generator, device=device) * scale).to(dtype)
 

@@ -102,7 +102,10 @@ class FlashAreaAttention(_FlashDeclaration, AreaAttentionBackend):
     # under torch.compile its cast-and-copy path measured slower than inductor's own code: auto leaves it out
     priority, compiled_priority = 30, None
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
-    description = "FlashAttention (FA2 or FA4, see flash_impls) on (B*area, N/area, heads, head_dim) copies; fp32 computed in fp16"
+    description = (
+        "FlashAttention (FA2 or FA4, see flash_impls) on (B*area, N/area, heads, head_dim) copies; "
+        "fp32 computed in fp16"
+    )
 
     @classmethod
     def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:

@@ -31,7 +31,7 @@ def _env_interpret() -> bool:
 _INTERPRET_AT_IMPORT = _env_interpret()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_error() -> str | None:
     """Why the Triton ops cannot be imported (None when they can)."""
     try:
@@ -81,7 +81,9 @@ class _TritonDeclaration:
         reasons = []
         if call.device_type == "cpu" and "cpu" in cls.devices:
             if not _interpreted():
-                reasons.append("CPU needs the Triton interpreter, but the kernels were imported without TRITON_INTERPRET=1")
+                reasons.append(
+                    "CPU needs the Triton interpreter, but the kernels were imported without TRITON_INTERPRET=1"
+                )
             if call.dtype == torch.bfloat16:
                 reasons.append("the Triton interpreter (CPU) has no bfloat16")
         if call.device_type == "cuda" and torch.cuda.is_available() and call.dtype == torch.bfloat16:

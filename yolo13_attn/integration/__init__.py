@@ -1,10 +1,15 @@
-"""How YOLOv13 gets into stock Ultralytics: the parser wrapper, the checkpoint class names, DDP workers."""
+"""How YOLOv13 gets into stock Ultralytics.
 
-from . import checkpoints, distributed, parser
+* :mod:`.ultralytics_api` - the only module that names Ultralytics internals (and the version gate);
+* :mod:`.parser` - builds YOLOv13 model dicts (``YOLO("yolov13n.yaml")``);
+* :mod:`.checkpoints` - YOLOv13 layers pickle under Ultralytics' qualified names and load back;
+* :mod:`.distributed` - multi-GPU workers import yolo13_attn before they read the model;
+* :mod:`.installer` - :func:`~.installer.install`, run once by ``import yolo13_attn``.
 
+:func:`installed` lists every change that made to Ultralytics. This package's ``__init__`` imports
+only the adapter, so the layers beneath (``patching``) can use the adapter without importing the rest.
+"""
 
-def install() -> None:
-    """Idempotent: called once by ``import yolo13_attn``."""
-    checkpoints.install()
-    parser.install()
-    distributed.install()
+from .ultralytics_api import Change, installed
+
+__all__ = ["Change", "installed"]

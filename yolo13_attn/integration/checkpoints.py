@@ -28,16 +28,13 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-import ultralytics.nn.modules.block as ul_block
-import ultralytics.nn.modules.conv as ul_conv
-import ultralytics.nn.modules.head as ul_head
 from torch import nn
-from ultralytics.nn import tasks
 
 from .. import nn as v13
+from . import ultralytics_api as ul
 
 _REGISTERED = {
-    ul_block: (
+    ul.BLOCK_MODULE: (
         v13.DSBottleneck,
         v13.DSC3k,
         v13.DSC3k2,
@@ -50,7 +47,7 @@ _REGISTERED = {
         v13.DownsampleConv,
         v13.FullPAD_Tunnel,
     ),
-    ul_conv: (v13.DSConv,),
+    ul.CONV_MODULE: (v13.DSConv,),
 }
 
 
@@ -73,14 +70,14 @@ def _is_v13_a2c2f(state: dict[str, Any]) -> bool:
 
 #: ours -> (the stock class it pickles as, "this state is YOLOv13's")
 _SHARED: dict[type[nn.Module], tuple[type[nn.Module], Callable[[dict[str, Any]], bool]]] = {
-    v13.AAttn: (ul_block.AAttn, _is_v13_aattn),
-    v13.ABlock: (ul_block.ABlock, _is_v13_ablock),
-    v13.A2C2f: (ul_block.A2C2f, _is_v13_a2c2f),
+    v13.AAttn: (ul.StockAAttn, _is_v13_aattn),
+    v13.ABlock: (ul.StockABlock, _is_v13_ablock),
+    v13.A2C2f: (ul.StockA2C2f, _is_v13_a2c2f),
 }
 
 
 #: ours -> the stock class it pickles as, restored by the model-level upgrade below
-_HEADS: dict[type[nn.Module], type[nn.Module]] = {v13.YOLOv13Detect: ul_head.Detect}
+_HEADS: dict[type[nn.Module], type[nn.Module]] = {v13.YOLOv13Detect: ul.Detect}
 
 
 def pickled_class(cls: type[nn.Module]) -> type[nn.Module]:
@@ -145,18 +142,22 @@ def _reduce_as_stock(self: nn.Module, protocol: int) -> tuple:
     return reduce_as(pickled_class(type(self)), self.__dict__)
 
 
-def _upgrading_setstate(stock: type[nn.Module], ours: type[nn.Module], is_ours: Callable[[dict[str, Any]], bool]) -> Callable:
-    original = stock.__setstate__
+def _upgrading_setstate(
+    stock: type[nn.Module], ours: type[nn.Module], is_ours: Callable[[dict[str, Any]], bool]
+) -> Callable[[Callable], Callable]:
+    """``stock.__setstate__`` wrapper: an object whose state has YOLOv13's shape becomes ``ours``."""
 
-    def __setstate__(self: nn.Module, state: dict[str, Any]) -> None:
-        if type(self) is stock and is_ours(state):
-            self.__class__ = ours
-            nn.Module.__setstate__(self, state)
-        else:
-            original(self, state)
+    def make(original: Callable) -> Callable:
+        def __setstate__(self: nn.Module, state: dict[str, Any]) -> None:
+            if type(self) is stock and is_ours(state):
+                self.__class__ = ours
+                nn.Module.__setstate__(self, state)
+            else:
+                original(self, state)
 
-    __setstate__.__yolo13_attn_wrapped__ = True
-    return __setstate__
+        return __setstate__
+
+    return make
 
 
 def is_yolov13(model: nn.Module) -> bool:
@@ -176,7 +177,6 @@ def _upgrading_model_setstate(original: Callable) -> Callable:
 
             bind_if_loading(self)
 
-    __setstate__.__yolo13_attn_wrapped__ = True
     return __setstate__
 
 
@@ -184,21 +184,20 @@ def install() -> None:
     """Register the YOLOv13 class names in Ultralytics' modules and set up the shared names."""
     for module, classes in _REGISTERED.items():
         for cls in classes:
-            existing = getattr(module, cls.__name__, None)
-            if existing is not None and existing is not cls:
-                raise RuntimeError(
-                    f"{module.__name__}.{cls.__name__} already exists in this Ultralytics version; "
-                    "yolo13-attn cannot register YOLOv13's class under that name"
-                )
-            cls.__module__ = module.__name__
-            setattr(module, cls.__name__, cls)
+            ul.register_class(module, cls, "added: a YOLOv13 layer, so that YOLOv13 checkpoints find it")
             _RECONSTRUCTORS[cls] = NameCheckingReconstructor(cls)
             cls.__reduce_ex__ = _reduce_as_stock
     for ours in _HEADS:
         ours.__reduce_ex__ = _reduce_as_stock
-    if not getattr(tasks.DetectionModel.__setstate__, "__yolo13_attn_wrapped__", False):
-        tasks.DetectionModel.__setstate__ = _upgrading_model_setstate(tasks.DetectionModel.__setstate__)
+    ul.wrap_setstate(
+        ul.DetectionModel,
+        _upgrading_model_setstate,
+        "wrapped: a loaded or copied YOLOv13 model gets YOLOv13Detect back (and a trainer's patch)",
+    )
     for ours, (stock, is_ours) in _SHARED.items():
         ours.__reduce_ex__ = _reduce_as_stock
-        if not getattr(stock.__setstate__, "__yolo13_attn_wrapped__", False):
-            stock.__setstate__ = _upgrading_setstate(stock, ours, is_ours)
+        ul.wrap_setstate(
+            stock,
+            _upgrading_setstate(stock, ours, is_ours),
+            f"wrapped: an object with YOLOv13's state becomes yolo13_attn's {ours.__name__} (YOLO12's stays)",
+        )

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ultralytics.utils import dist
-
-from .wrapping import wrap_once
+from .ultralytics_api import wrap_generate_ddp_file
 
 
 def _after_import(model: object) -> object:
@@ -55,4 +53,6 @@ def _generate_ddp_file_wrapper(original: Callable) -> Callable:
 
 def install() -> None:
     """Wrap ``ultralytics.utils.dist.generate_ddp_file`` (``generate_ddp_command`` looks it up at call time)."""
-    wrap_once(dist, "generate_ddp_file", _generate_ddp_file_wrapper)
+    wrap_generate_ddp_file(
+        _generate_ddp_file_wrapper, "wrapped: DDP workers import yolo13_attn before they unpickle the model"
+    )

@@ -3,9 +3,10 @@
 Stock Ultralytics builds models in ``ultralytics.nn.tasks.parse_model`` and keeps its per-module
 rules in sets built inside that function, so new modules cannot be registered with it. We wrap it
 instead: a model dict that names no YOLOv13 module goes to the original parser untouched (stock
-models build exactly as before); a YOLOv13 dict is built here, from the rules in
-``../shared/yolov13-spec.md`` ("How the model parser treats the new modules"), using Ultralytics'
-own stock layers (``Conv``, ``Concat``, ``Detect``, ``torch.nn``) and ``make_divisible``.
+models build exactly as before); a YOLOv13 dict is built here, by the rules the official YOLOv13
+model files imply (the YOLOv13 paper, arXiv 2506.17733, and the official model's layer names and
+parameter counts, which ``tests/test_yolov13_model.py`` checks), using Ultralytics' own stock layers
+(``Conv``, ``Concat``, ``Detect``, ``torch.nn``) and ``make_divisible``.
 
 ``DetectionModel`` looks ``parse_model`` up in its module at call time, so every (re)build -
 ``YOLO("yolov13n.yaml")``, trainers rebuilding from ``model.yaml`` - passes through the wrapper.
@@ -20,19 +21,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from ultralytics.nn import tasks
-from ultralytics.nn.modules import Concat, Conv, Detect
-from ultralytics.utils import LOGGER
-from ultralytics.utils.ops import make_divisible
 
 from .. import nn as v13
 from .checkpoints import qualified_name
-from .wrapping import wrap_once
+from .ultralytics_api import LOGGER, Concat, Conv, Detect, make_divisible, wrap_check_yaml, wrap_parse_model
 
 CFG_DIR = Path(__file__).parent / "cfg"
 
 #: module names that only a YOLOv13 yaml uses (A2C2f is shared with YOLO12, so it is no marker)
-YOLOV13_MARKERS = frozenset({"DSConv", "DSC3k2", "DSC3k", "DSBottleneck", "HyperACE", "DownsampleConv", "FullPAD_Tunnel", "C3AH"})
+YOLOV13_MARKERS = frozenset(
+    {"DSConv", "DSC3k2", "DSC3k", "DSBottleneck", "HyperACE", "DownsampleConv", "FullPAD_Tunnel", "C3AH"}
+)
 LARGE_SCALES = frozenset({"l", "x"})
 
 
@@ -211,15 +210,14 @@ def packaged_yaml(file: str | Path) -> Path | None:
 
 def _check_yaml_wrapper(original: Callable) -> Callable:
     def check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
-        return original(file, suffix, hard=False) or (str(packaged_yaml(file) or "")) or original(file, suffix, hard=hard)
+        return (
+            original(file, suffix, hard=False) or (str(packaged_yaml(file) or "")) or original(file, suffix, hard=hard)
+        )
 
     return check_yaml
 
 
 def install() -> None:
     """Wrap ``parse_model`` (and ``check_yaml``, to find the packaged yaml) in ``ultralytics.nn.tasks``."""
-    import ultralytics.nn
-
-    wrap_once(tasks, "parse_model", _parse_model_wrapper)
-    ultralytics.nn.parse_model = tasks.parse_model
-    wrap_once(tasks, "check_yaml", _check_yaml_wrapper)
+    wrap_parse_model(_parse_model_wrapper, "wrapped: model dicts naming YOLOv13 modules are built by yolo13_attn")
+    wrap_check_yaml(_check_yaml_wrapper, "wrapped: finds yolo13_attn's packaged yolov13.yaml (n/s/l/x)")

@@ -1,7 +1,7 @@
-"""YOLOv13's layers, written from ../shared/yolov13-spec.md with the official child names."""
+"""YOLOv13's layers, written from the YOLOv13 paper (arXiv 2506.17733) with the official model's child names."""
 
 from .area_attention import A2C2f, AAttn, ABlock
-from .blocks import DSC3k, DSC3k2, DownsampleConv, DSBottleneck, FullPAD_Tunnel, FuseModule
+from .blocks import DownsampleConv, DSBottleneck, DSC3k, DSC3k2, FullPAD_Tunnel, FuseModule
 from .conv import DSConv
 from .head import YOLOv13Detect
 from .hypergraph import C3AH, AdaHGComputation, AdaHGConv, AdaHyperedgeGen, HyperACE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from ultralytics.nn.modules.block import C2f, C3
+from ultralytics.nn.modules.block import C3, C2f
 from ultralytics.nn.modules.conv import Conv
 
 from .conv import DSConv
@@ -28,7 +28,18 @@ class DSBottleneck(nn.Module):
 class DSC3k(C3):
     """Ultralytics' C3 whose bottlenecks are ``n`` DSBottlenecks."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5, k1: int = 3, k2: int = 5, d2: int = 1):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        shortcut: bool = True,
+        g: int = 1,
+        e: float = 0.5,
+        k1: int = 3,
+        k2: int = 5,
+        d2: int = 1,
+    ):
         super().__init__(c1, c2, n, shortcut, g, e)
         c_ = int(c2 * e)
         self.m = nn.Sequential(*(DSBottleneck(c_, c_, shortcut, 1.0, k1, k2, d2) for _ in range(n)))
@@ -37,7 +48,19 @@ class DSC3k(C3):
 class DSC3k2(C2f):
     """Ultralytics' C2f whose blocks are DSC3k (``dsc3k=True``, scales l/x) or DSBottleneck."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, dsc3k: bool = False, e: float = 0.5, g: int = 1, shortcut: bool = True, k1: int = 3, k2: int = 7, d2: int = 1):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        dsc3k: bool = False,
+        e: float = 0.5,
+        g: int = 1,
+        shortcut: bool = True,
+        k1: int = 3,
+        k2: int = 7,
+        d2: int = 1,
+    ):
         super().__init__(c1, c2, n, shortcut, g, e)
         c = self.c
         self.m = nn.ModuleList(

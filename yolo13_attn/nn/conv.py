@@ -11,7 +11,9 @@ class DSConv(nn.Module):
     Input ``(B, c_in, H, W)`` -> output ``(B, c_out, H / s, W / s)``.
     """
 
-    def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: int | None = None, d: int = 1, bias: bool = False):
+    def __init__(
+        self, c_in: int, c_out: int, k: int = 3, s: int = 1, p: int | None = None, d: int = 1, bias: bool = False
+    ):
         super().__init__()
         padding = d * (k - 1) // 2 if p is None else p
         self.dw = nn.Conv2d(c_in, c_in, k, stride=s, padding=padding, dilation=d, groups=c_in, bias=bias)

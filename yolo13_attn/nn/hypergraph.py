@@ -22,7 +22,9 @@ class AdaHyperedgeGen(nn.Module):
     training) logits ``<pre_head_proj(X), P> / (heads * sqrt(D / heads))``.
     """
 
-    def __init__(self, node_dim: int, num_hyperedges: int, num_heads: int = 4, dropout: float = 0.1, context: str = "both"):
+    def __init__(
+        self, node_dim: int, num_hyperedges: int, num_heads: int = 4, dropout: float = 0.1, context: str = "both"
+    ):
         super().__init__()
         if context not in CONTEXTS:
             raise ValueError(f"AdaHyperedgeGen context must be one of {CONTEXTS}, got {context!r}")
@@ -75,7 +77,9 @@ class AdaHGConv(HypergraphLayer, nn.Module):
     scatter with the same weights (``hypergraph_scatter``), ``node_proj``, residual.
     """
 
-    def __init__(self, embed_dim: int, num_hyperedges: int = 16, num_heads: int = 4, dropout: float = 0.1, context: str = "both"):
+    def __init__(
+        self, embed_dim: int, num_hyperedges: int = 16, num_heads: int = 4, dropout: float = 0.1, context: str = "both"
+    ):
         super().__init__()
         self.edge_generator = AdaHyperedgeGen(embed_dim, num_hyperedges, num_heads, dropout, context)
         self.edge_proj = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU())
@@ -93,7 +97,9 @@ class AdaHGConv(HypergraphLayer, nn.Module):
 class AdaHGComputation(nn.Module):
     """AdaHGConv on the pixels of a feature map: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
 
-    def __init__(self, embed_dim: int, num_hyperedges: int = 16, num_heads: int = 8, dropout: float = 0.1, context: str = "both"):
+    def __init__(
+        self, embed_dim: int, num_hyperedges: int = 16, num_heads: int = 8, dropout: float = 0.1, context: str = "both"
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.hgnn = AdaHGConv(embed_dim, num_hyperedges, num_heads, dropout, context)
@@ -126,7 +132,19 @@ class C3AH(nn.Module):
 class HyperACE(nn.Module):
     """Hypergraph-based adaptive correlation enhancement over [P3, P4, P5] at P4 resolution."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, num_hyperedges: int = 8, dsc3k: bool = True, shortcut: bool = False, e1: float = 0.5, e2: float = 1, context: str = "both", channel_adjust: bool = True):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        num_hyperedges: int = 8,
+        dsc3k: bool = True,
+        shortcut: bool = False,
+        e1: float = 0.5,
+        e2: float = 1,
+        context: str = "both",
+        channel_adjust: bool = True,
+    ):
         super().__init__()
         self.c = c = int(c2 * e1)
         self.cv1 = Conv(c1, 3 * c, 1, 1)

@@ -26,7 +26,9 @@ class AreaAttentionLayer:
 class HypergraphLayer:
     """Mixin of layers that call the hypergraph ops."""
 
-    def hypergraph_backend(self, x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None) -> str | type[HypergraphBackend]:
+    def hypergraph_backend(
+        self, x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None
+    ) -> str | type[HypergraphBackend]:
         """Backend for this call: the reference unless patched."""
         return "naive"
 

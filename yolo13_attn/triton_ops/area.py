@@ -14,22 +14,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _kernels
+from .. import kernels
 from .configs import area_bwd_config, area_fwd_config, with_overrides
 from .device import device_guard
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, area: int) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must share one (B, heads, head_dim, N) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            "q, k, v must share one (B, heads, head_dim, N) shape, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if area < 1 or q.shape[3] % area:
         raise ValueError(f"N={q.shape[3]} is not divisible by area={area}")
 
 
-def area_attention_forward(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, *, out: Tensor | None = None,
-                           lse: Tensor | None = None, config: dict | None = None) -> tuple[Tensor, Tensor]:
+def area_attention_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    area: int,
+    scale: float,
+    *,
+    out: Tensor | None = None,
+    lse: Tensor | None = None,
+    config: dict | None = None,
+) -> tuple[Tensor, Tensor]:
     """``(o (B, H, D, N) contiguous, lse (B, H, N) float32 base-2)`` of area attention."""
     _check(q, k, v, area)
     if not scale > 0:
@@ -42,13 +54,25 @@ def area_attention_forward(q: Tensor, k: Tensor, v: Tensor, area: int, scale: fl
     if q.numel():
         cfg = with_overrides(area_fwd_config(n // area, d, q.dtype), config)
         with device_guard(q):
-            _kernels.area_attention_fwd.launch_area_attention_fwd(q, k, v, out, lse, area, scale, **cfg.launch_kwargs())
+            kernels.area_attention_fwd.launch_area_attention_fwd(q, k, v, out, lse, area, scale, **cfg.launch_kwargs())
     return out, lse
 
 
-def area_attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, area: int,
-                            scale: float, *, dq: Tensor | None = None, dk: Tensor | None = None,
-                            dv: Tensor | None = None, config: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def area_attention_backward(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    area: int,
+    scale: float,
+    *,
+    dq: Tensor | None = None,
+    dk: Tensor | None = None,
+    dv: Tensor | None = None,
+    config: dict | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)``, each contiguous ``(B, H, D, N)`` in the input dtype."""
     b, h, d, n = q.shape
     dq, dk, dv = (torch.empty((b, h, d, n), dtype=q.dtype, device=q.device) if t is None else t for t in (dq, dk, dv))
@@ -56,7 +80,7 @@ def area_attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Te
         cfg = with_overrides(area_bwd_config(n // area, d, q.dtype), config)
         delta = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
         with device_guard(q):
-            _kernels.area_attention_bwd.launch_area_attention_bwd(
+            kernels.area_attention_bwd.launch_area_attention_bwd(
                 do, q, k, v, out, lse, delta, dq, dk, dv, area, scale, **cfg.launch_kwargs()
             )
     return dq, dk, dv
@@ -77,8 +101,9 @@ def _(q, k, v, area, scale):
 
 
 @torch.library.custom_op("yolo13_attn::triton_area_attention_backward", mutates_args=())
-def _area_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, area: int,
-                 scale: float) -> tuple[Tensor, Tensor, Tensor]:
+def _area_bwd_op(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, area: int, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
     return area_attention_backward(do, q, k, v, out, lse, area, scale)
 
 

@@ -2,8 +2,8 @@
 
 No ``triton.autotune``: autotuning benchmarks on first call (host syncs, many launches), which
 must not happen inside CUDA-graph capture or a compiled region. The tables below were picked on
-an H100 (a one-off tuning script, in git history; ``bench/results/triton_h100_2026-11-24.md``); every value is a pure function of
-``(bucket(N), BLOCK_D, dtype)`` and of the SM count, so the launch path has no host sync.
+an H100 (a one-off tuning script, in git history; ``bench/results/triton_h100_2026-11-24.md``); every value
+is a pure function of ``(bucket(N), BLOCK_D, dtype)`` and of the SM count, so the launch path has no host sync.
 
 Only ``constexpr`` tile sizes select a compiled variant; token counts, strides and split sizes are
 runtime arguments (Triton specialises only on ``== 1`` and divisibility by 16 of those).
@@ -38,8 +38,14 @@ class AreaConfig:
     num_stages: int = 2
 
     def launch_kwargs(self) -> dict:
-        return dict(block_m=self.block_m, block_n=self.block_n, block_d=self.block_d, precision=self.precision,
-                    num_warps=self.num_warps, num_stages=self.num_stages)
+        return dict(
+            block_m=self.block_m,
+            block_n=self.block_n,
+            block_d=self.block_d,
+            precision=self.precision,
+            num_warps=self.num_warps,
+            num_stages=self.num_stages,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,14 @@ class HypergraphConfig:
     num_stages: int = 2
 
     def launch_kwargs(self, *, split: bool = True) -> dict:
-        kw = dict(block_n=self.block_n, block_m=self.block_m, block_d=self.block_d, precision=self.precision,
-                  num_warps=self.num_warps, num_stages=self.num_stages)
+        kw = dict(
+            block_n=self.block_n,
+            block_m=self.block_m,
+            block_d=self.block_d,
+            precision=self.precision,
+            num_warps=self.num_warps,
+            num_stages=self.num_stages,
+        )
         if split:
             kw["tokens_per_split"] = self.tokens_per_split
         return kw
@@ -91,7 +103,7 @@ def area_bwd_config(n_area: int, head_dim: int, dtype: torch.dtype) -> AreaConfi
     return AreaConfig(bm, bn, block_d, dot_precision(dtype), 4, 2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -111,16 +123,22 @@ def _split(n: int, batch: int, block_n: int, device: torch.device, waves: float)
     return max(1, -(-blocks // splits)) * block_n
 
 
-def hypergraph_aggregate_config(batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device) -> HypergraphConfig:
+def hypergraph_aggregate_config(
+    batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device
+) -> HypergraphConfig:
     """H100 sweep, x B=16 (D=384, M=12, N=1600) fp16: block_n 32, 128 tokens per split (13 splits,
     208 programs ~ 1.5 waves), 4 warps: 0.029 ms; 8 warps 0.037; 64 tokens per split 0.041."""
     block_d = max(16, next_pow2(d))
     block_m = max(16, next_pow2(m))
     block_n = max(16, min(64, 16384 // block_d))
-    return HypergraphConfig(block_n, block_m, block_d, dot_precision(dtype), _split(n, batch, block_n, device, 1.5), 4, 2)
+    return HypergraphConfig(
+        block_n, block_m, block_d, dot_precision(dtype), _split(n, batch, block_n, device, 1.5), 4, 2
+    )
 
 
-def hypergraph_scatter_config(batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device) -> HypergraphConfig:
+def hypergraph_scatter_config(
+    batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device
+) -> HypergraphConfig:
     """H100 sweep, x B=16 fp16: block_n 16 or 32 with 4 warps 0.0214 ms; 8 warps 0.024-0.026."""
     block_d = max(16, next_pow2(d))
     block_m = max(16, next_pow2(m))
@@ -128,13 +146,17 @@ def hypergraph_scatter_config(batch: int, n: int, m: int, d: int, dtype: torch.d
     return HypergraphConfig(block_n, block_m, block_d, dot_precision(dtype), n, 4, 2)
 
 
-def hypergraph_bwd_config(batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device) -> HypergraphConfig:
+def hypergraph_bwd_config(
+    batch: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device
+) -> HypergraphConfig:
     """H100 sweep, x B=16 fp16: block_n 16, 64 tokens per split (25 splits, 400 programs ~ 3 waves),
     4 warps, 2 stages: aggregate 0.059 / scatter 0.066 ms; 8 warps 1 stage 0.069 / 0.080."""
     block_d = max(16, next_pow2(d))
     block_m = max(16, next_pow2(m))
     block_n = max(16, min(64, 8192 // block_d))
-    return HypergraphConfig(block_n, block_m, block_d, dot_precision(dtype), _split(n, batch, block_n, device, 3.0), 4, 2)
+    return HypergraphConfig(
+        block_n, block_m, block_d, dot_precision(dtype), _split(n, batch, block_n, device, 3.0), 4, 2
+    )
 
 
 def with_overrides(config, overrides: dict | None):

@@ -15,12 +15,10 @@ each input's own dtype.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
-from . import _kernels
+from .. import kernels
 from .configs import hypergraph_aggregate_config, hypergraph_bwd_config, hypergraph_scatter_config, with_overrides
 from .device import device_guard
 
@@ -33,9 +31,17 @@ def _lse32(lse: Tensor) -> Tensor:
     return lse if lse.dtype == torch.float32 and lse.is_contiguous() else lse.float().contiguous()
 
 
-def aggregate_forward(x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, dropout_mask: Tensor | None = None, *,
-                      he: Tensor | None = None, lse: Tensor | None = None,
-                      config: dict | None = None) -> tuple[Tensor, Tensor]:
+def aggregate_forward(
+    x: Tensor,
+    xp: Tensor,
+    prototypes: Tensor,
+    scale: float,
+    dropout_mask: Tensor | None = None,
+    *,
+    he: Tensor | None = None,
+    lse: Tensor | None = None,
+    config: dict | None = None,
+) -> tuple[Tensor, Tensor]:
     """``he (B, M, D)`` in x's dtype and ``lse (B, M)`` float32 (natural log)."""
     b, n, d = x.shape
     m = prototypes.shape[1]
@@ -50,19 +56,29 @@ def aggregate_forward(x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, d
     splits = -(-n // cfg.tokens_per_split)
     workspace = None
     if splits > 1:
-        workspace = (torch.empty((b, splits, m, d), dtype=torch.float32, device=x.device),
-                     torch.empty((b, splits, m), dtype=torch.float32, device=x.device),
-                     torch.empty((b, splits, m), dtype=torch.float32, device=x.device))
+        workspace = (
+            torch.empty((b, splits, m, d), dtype=torch.float32, device=x.device),
+            torch.empty((b, splits, m), dtype=torch.float32, device=x.device),
+            torch.empty((b, splits, m), dtype=torch.float32, device=x.device),
+        )
     with device_guard(x):
-        _kernels.hypergraph_aggregate.launch_hypergraph_aggregate(
+        kernels.hypergraph_aggregate.launch_hypergraph_aggregate(
             x, xp, prototypes, dropout_mask, he, lse, scale, workspace=workspace, **cfg.launch_kwargs()
         )
     return he, lse
 
 
-def scatter_forward(xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float,
-                    dropout_mask: Tensor | None = None, *, out: Tensor | None = None,
-                    config: dict | None = None) -> Tensor:
+def scatter_forward(
+    xp: Tensor,
+    prototypes: Tensor,
+    lse: Tensor,
+    he: Tensor,
+    scale: float,
+    dropout_mask: Tensor | None = None,
+    *,
+    out: Tensor | None = None,
+    config: dict | None = None,
+) -> Tensor:
     """``xn (B, N, D)`` in he's dtype, contiguous."""
     b, n, d = xp.shape
     m = prototypes.shape[1]
@@ -72,7 +88,7 @@ def scatter_forward(xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, sca
         return out
     cfg = with_overrides(hypergraph_scatter_config(b, n, m, d, he.dtype, he.device), config)
     with device_guard(he):
-        _kernels.hypergraph_scatter.launch_hypergraph_scatter(
+        kernels.hypergraph_scatter.launch_hypergraph_scatter(
             xp, prototypes, _lse32(lse), he, dropout_mask, out, scale, **cfg.launch_kwargs(split=False)
         )
     return out
@@ -83,9 +99,21 @@ def _reduce(part: Tensor, splits: int, dtype: torch.dtype) -> Tensor:
     return _as(part.squeeze(1), dtype) if splits == 1 else part.sum(1).to(dtype)
 
 
-def aggregate_backward(dhe: Tensor, dlse: Tensor | None, x: Tensor, xp: Tensor, prototypes: Tensor, he: Tensor,
-                       lse: Tensor, scale: float, dropout_mask: Tensor | None = None, *, dx: Tensor | None = None,
-                       dxp: Tensor | None = None, config: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def aggregate_backward(
+    dhe: Tensor,
+    dlse: Tensor | None,
+    x: Tensor,
+    xp: Tensor,
+    prototypes: Tensor,
+    he: Tensor,
+    lse: Tensor,
+    scale: float,
+    dropout_mask: Tensor | None = None,
+    *,
+    dx: Tensor | None = None,
+    dxp: Tensor | None = None,
+    config: dict | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dxp, dprototypes)`` of the aggregation, given ``dhe`` and (optionally) ``dlse``."""
     b, n, d = x.shape
     m = prototypes.shape[1]
@@ -98,9 +126,23 @@ def aggregate_backward(dhe: Tensor, dlse: Tensor | None, x: Tensor, xp: Tensor, 
     dp_part = torch.empty((b, splits, m, d), dtype=torch.float32 if splits > 1 else dtype, device=x.device)
     if n and b * m * d:
         with device_guard(x):
-            _kernels.hypergraph_bwd.launch_hypergraph_bwd(
-                xp_c, p_c, _lse32(lse), dropout_mask, dhe, he, None if dlse is None else _lse32(dlse), x,
-                dxp_c, dx, dp_part, None, None, scale, aggregate=True, **cfg.launch_kwargs(),
+            kernels.hypergraph_bwd.launch_hypergraph_bwd(
+                xp_c,
+                p_c,
+                _lse32(lse),
+                dropout_mask,
+                dhe,
+                he,
+                None if dlse is None else _lse32(dlse),
+                x,
+                dxp_c,
+                dx,
+                dp_part,
+                None,
+                None,
+                scale,
+                aggregate=True,
+                **cfg.launch_kwargs(),
             )
     else:  # nothing to launch (B, N, M or D is 0): every gradient is a sum of nothing
         for t in (dx, dxp_c, dp_part):
@@ -111,9 +153,18 @@ def aggregate_backward(dhe: Tensor, dlse: Tensor | None, x: Tensor, xp: Tensor, 
     return dx, _as(dxp_c, xp.dtype), _reduce(dp_part, splits, prototypes.dtype)
 
 
-def scatter_backward(dxn: Tensor, xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float,
-                     dropout_mask: Tensor | None = None, *, dxp: Tensor | None = None,
-                     config: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def scatter_backward(
+    dxn: Tensor,
+    xp: Tensor,
+    prototypes: Tensor,
+    lse: Tensor,
+    he: Tensor,
+    scale: float,
+    dropout_mask: Tensor | None = None,
+    *,
+    dxp: Tensor | None = None,
+    config: dict | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(dxp, dprototypes, dlse, dhe)`` of the scatter, given ``dxn``."""
     b, n, d = xp.shape
     m = prototypes.shape[1]
@@ -129,9 +180,23 @@ def scatter_backward(dxn: Tensor, xp: Tensor, prototypes: Tensor, lse: Tensor, h
     dlse_part = torch.empty((b, splits, m), dtype=torch.float32, device=he.device)
     if n and b * m * d:
         with device_guard(he):
-            _kernels.hypergraph_bwd.launch_hypergraph_bwd(
-                xp_c, p_c, _lse32(lse), dropout_mask, he, None, None, dxn,
-                dxp_c, None, dp_part, dhe_part, dlse_part, scale, aggregate=False, **cfg.launch_kwargs(),
+            kernels.hypergraph_bwd.launch_hypergraph_bwd(
+                xp_c,
+                p_c,
+                _lse32(lse),
+                dropout_mask,
+                he,
+                None,
+                None,
+                dxn,
+                dxp_c,
+                None,
+                dp_part,
+                dhe_part,
+                dlse_part,
+                scale,
+                aggregate=False,
+                **cfg.launch_kwargs(),
             )
     else:  # nothing to launch (B, N, M or D is 0): every gradient is a sum of nothing
         for t in (dxp_c, dp_part, dhe_part, dlse_part):
@@ -139,16 +204,21 @@ def scatter_backward(dxn: Tensor, xp: Tensor, prototypes: Tensor, lse: Tensor, h
     if dxp is not None and dxp is not dxp_c:
         dxp.copy_(dxp_c)
         dxp_c = dxp
-    return (_as(dxp_c, xp.dtype), _reduce(dp_part, splits, prototypes.dtype), _reduce(dlse_part, splits, lse.dtype),
-            _reduce(dhe_part, splits, he.dtype))
+    return (
+        _as(dxp_c, xp.dtype),
+        _reduce(dp_part, splits, prototypes.dtype),
+        _reduce(dlse_part, splits, lse.dtype),
+        _reduce(dhe_part, splits, he.dtype),
+    )
 
 
 # ---- torch.library custom ops -------------------------------------------------------------------
 
 
 @torch.library.custom_op("yolo13_attn::triton_hypergraph_aggregate", mutates_args=())
-def _aggregate_op(x: Tensor, xp: Tensor, prototypes: Tensor, scale: float,
-                  dropout_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _aggregate_op(
+    x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, dropout_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
     return aggregate_forward(x, xp, prototypes, scale, dropout_mask)
 
 
@@ -160,8 +230,17 @@ def _(x, xp, prototypes, scale, dropout_mask):
 
 
 @torch.library.custom_op("yolo13_attn::triton_hypergraph_aggregate_backward", mutates_args=())
-def _aggregate_bwd_op(dhe: Tensor, dlse: Optional[Tensor], x: Tensor, xp: Tensor, prototypes: Tensor, he: Tensor,
-                      lse: Tensor, scale: float, dropout_mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def _aggregate_bwd_op(
+    dhe: Tensor,
+    dlse: Tensor | None,
+    x: Tensor,
+    xp: Tensor,
+    prototypes: Tensor,
+    he: Tensor,
+    lse: Tensor,
+    scale: float,
+    dropout_mask: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
     return aggregate_backward(dhe, dlse, x, xp, prototypes, he, lse, scale, dropout_mask)
 
 
@@ -190,8 +269,9 @@ _aggregate_op.register_autograd(_aggregate_backward, setup_context=_aggregate_se
 
 
 @torch.library.custom_op("yolo13_attn::triton_hypergraph_scatter", mutates_args=())
-def _scatter_op(xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float,
-                dropout_mask: Optional[Tensor]) -> Tensor:
+def _scatter_op(
+    xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float, dropout_mask: Tensor | None
+) -> Tensor:
     return scatter_forward(xp, prototypes, lse, he, scale, dropout_mask)
 
 
@@ -202,14 +282,20 @@ def _(xp, prototypes, lse, he, scale, dropout_mask):
 
 
 @torch.library.custom_op("yolo13_attn::triton_hypergraph_scatter_backward", mutates_args=())
-def _scatter_bwd_op(dxn: Tensor, xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float,
-                    dropout_mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _scatter_bwd_op(
+    dxn: Tensor, xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float, dropout_mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return scatter_backward(dxn, xp, prototypes, lse, he, scale, dropout_mask)
 
 
 @_scatter_bwd_op.register_fake
 def _(dxn, xp, prototypes, lse, he, scale, dropout_mask):
-    return xp.new_empty(xp.shape), prototypes.new_empty(prototypes.shape), lse.new_empty(lse.shape), he.new_empty(he.shape)
+    return (
+        xp.new_empty(xp.shape),
+        prototypes.new_empty(prototypes.shape),
+        lse.new_empty(lse.shape),
+        he.new_empty(he.shape),
+    )
 
 
 def _scatter_setup(ctx, inputs, output):
@@ -229,13 +315,15 @@ def _scatter_backward(ctx, dxn):
 _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 
 
-def hypergraph_aggregate(x: Tensor, xp: Tensor, prototypes: Tensor, scale: float,
-                         dropout_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def hypergraph_aggregate(
+    x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, dropout_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Differentiable vertex -> hyperedge aggregation: ``(he (B, M, D), lse (B, M) float32)``."""
     return torch.ops.yolo13_attn.triton_hypergraph_aggregate(x, xp, prototypes, float(scale), dropout_mask)
 
 
-def hypergraph_scatter(xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float,
-                       dropout_mask: Tensor | None = None) -> Tensor:
+def hypergraph_scatter(
+    xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float, dropout_mask: Tensor | None = None
+) -> Tensor:
     """Differentiable hyperedge -> vertex scatter: ``xn (B, N, D)`` in he's dtype."""
     return torch.ops.yolo13_attn.triton_hypergraph_scatter(xp, prototypes, lse, he, float(scale), dropout_mask)
