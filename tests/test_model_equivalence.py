@@ -109,8 +109,15 @@ def test_model_equivalence_training_step_gives_finite_prototype_grads(backend):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash needs a CUDA GPU")
-def test_flash_in_training_mode_refuses_hypergraph_dropout_with_reasons():
+def test_flash_in_training_mode_falls_back_for_hypergraph_dropout_unless_strict():
+    """FA2 takes no logit dropout: in training the hypergraph layers run what auto picks (one warning
+    names them); strict=True raises naming the layer and the reason."""
     model = YOLO("yolov13n.yaml").model.cuda().half().train()
-    yolo13_attn.patch(model, "flash")
+    with pytest.warns(UserWarning, match=r"model\.9\.branch1\.m\.hgnn: training on cuda:0 -> \w+ \(.*dropout"):
+        handle = yolo13_attn.patch(model, "flash")
+    model(torch.rand(1, 3, 64, 64, device="cuda", dtype=torch.half))
+    assert all(r.train_backend != "flash" for r in handle.report() if r.op == "hypergraph")
+    handle.undo()
+    yolo13_attn.patch(model, "flash", strict=True)
     with pytest.raises(yolo13_attn.BackendUnsupportedError, match=r"model\.9\.branch1\.m\.hgnn.*dropout"):
         model(torch.rand(1, 3, 64, 64, device="cuda", dtype=torch.half))
