@@ -7,6 +7,7 @@ import torch
 
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
 from yolo13_attn.backends.registry import priority
+from yolo13_attn.binding import exporting
 from yolo13_attn.testing import baseline_dtype
 
 HAS_CUDA = torch.cuda.is_available()
@@ -37,3 +38,13 @@ def backend_baseline_dtype(op: str, backend: str, call: OpCall) -> torch.dtype:
 
 def dtype_id(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def count_calls(monkeypatch, op: str, name: str) -> list[bool]:
+    """Record each call that reaches backend ``name`` of ``op`` (True when made while exporting)."""
+    calls: list[bool] = []
+    backend = get_backend(op, name)
+    entry = "forward" if op == AREA else "aggregate"
+    original = getattr(backend, entry)
+    monkeypatch.setattr(backend, entry, lambda *a, **k: calls.append(exporting()) or original(*a, **k))
+    return calls

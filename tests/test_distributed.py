@@ -15,12 +15,11 @@ import functools
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 from ddp_on_cpu import WORLD_SIZE, GlooCpuTrainer, ProbeTrainer, record_worker, weights_sum
-from tiny_dataset import tiny_dataset
+from tiny_dataset import tiny_dataset, train_tiny
 from ultralytics import YOLO
 from ultralytics.utils import dist
 from ultralytics.utils.patches import torch_load
@@ -89,22 +88,7 @@ def test_ddp_workers_train_yolov13_with_the_parents_patch(tmp_path, source, back
     if backend is not None:
         yolo13_attn.patch(yolo, backend, check_finite=True)
     yolo.add_callback("on_train_batch_end", functools.partial(record_worker, tmp_path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yolo.train(
-            trainer=GlooCpuTrainer,
-            data=str(data),
-            epochs=1,
-            imgsz=64,
-            batch=2 * WORLD_SIZE,
-            workers=0,
-            device="cpu",
-            plots=False,
-            amp=False,
-            project=str(tmp_path / "runs"),
-            name="t",
-            verbose=False,
-        )
+    train_tiny(yolo, data, tmp_path / "runs", trainer=GlooCpuTrainer, batch=2 * WORLD_SIZE)
 
     expected = {"area": ["sdpa", "sdpa", True], "hypergraph": ["naive", "naive", True]} if backend else {}
     for rank in range(WORLD_SIZE):

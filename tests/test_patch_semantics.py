@@ -7,14 +7,14 @@ import copy
 
 import pytest
 import torch
+from backend_cases import count_calls
 from ultralytics import YOLO
 from ultralytics.utils import ASSETS
 
 from yolo13_attn import BackendUnsupportedError, patch, unpatch
-from yolo13_attn.backends import get_backend
+from yolo13_attn.backends.base import OPS
 from yolo13_attn.nn import AAttn, AdaHGConv
 from yolo13_attn.patching import report
-from yolo13_attn.testing import randomize_weights
 
 X = torch.rand(1, 3, 64, 64)
 
@@ -23,32 +23,14 @@ class Ran:
     """Counts the calls reaching each backend's entry point, per op."""
 
     def __init__(self, monkeypatch):
-        self.calls: list[tuple[str, str]] = []
-        for op, entry in (("area", "forward"), ("hypergraph", "aggregate")):
-            for name in ("naive", "sdpa"):
-                backend = get_backend(op, name)
-                original = getattr(backend, entry)
-
-                def counted(*args, _original=original, _key=(op, name), **kwargs):
-                    self.calls.append(_key)
-                    return _original(*args, **kwargs)
-
-                monkeypatch.setattr(backend, entry, counted)
+        self.calls = {(op, name): count_calls(monkeypatch, op, name) for op in OPS for name in ("naive", "sdpa")}
 
     def take(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for key in self.calls:
-            counts[key] = counts.get(key, 0) + 1
-        self.calls.clear()
+        """``{(op, backend): calls}`` since the last take (backends not called are left out)."""
+        counts = {key: len(calls) for key, calls in self.calls.items() if calls}
+        for calls in self.calls.values():
+            calls.clear()
         return counts
-
-
-@pytest.fixture
-def yolo():
-    model = YOLO("yolov13n.yaml")
-    randomize_weights(model.model, seed=4)
-    model.model.eval()
-    return model
 
 
 def forward(model) -> None:

@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import copy
 import io
-import warnings
 import zipfile
 
 import pytest
 import torch
-from tiny_dataset import tiny_dataset
+from backend_cases import count_calls
+from tiny_dataset import tiny_dataset, train_tiny
 from torch import nn
 from ultralytics import YOLO
 
 import yolo13_attn
 from yolo13_attn import BackendUnsupportedError, patch, unpatch
-from yolo13_attn.backends import get_backend
-from yolo13_attn.binding import exporting
 from yolo13_attn.nn import AAttn, AdaHGComputation, AdaHGConv
 from yolo13_attn.testing import randomize_weights
-
-
-def count_calls(monkeypatch, op: str, name: str) -> list[bool]:
-    """Record each call that reaches backend ``name`` of ``op`` (True when made while exporting)."""
-    calls: list[bool] = []
-    backend = get_backend(op, name)
-    entry = "forward" if op == "area" else "aggregate"
-    original = getattr(backend, entry)
-    monkeypatch.setattr(backend, entry, lambda *a, **k: calls.append(exporting()) or original(*a, **k))
-    return calls
-
-
-@pytest.fixture
-def yolo():
-    model = YOLO("yolov13n.yaml")
-    randomize_weights(model.model, seed=4)
-    model.model.eval()
-    return model
 
 
 def test_patch_reports_every_layer_with_kernel_dtype_and_why(yolo):
@@ -238,22 +218,7 @@ def test_train_builds_a_new_model_and_it_is_patched(yolo, tmp_path, monkeypatch)
     sdpa_calls = count_calls(monkeypatch, "area", "sdpa")
     # building a model runs one unpatched forward (the stride probe) before the trainer moves it: not counted
     yolo.add_callback("on_train_start", lambda trainer: [calls.clear() for calls in naive_calls])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yolo.train(
-            data=str(data),
-            epochs=1,
-            imgsz=64,
-            batch=2,
-            workers=0,
-            device="cpu",
-            plots=False,
-            amp=False,
-            project=str(tmp_path / "runs"),
-            name="t",
-            exist_ok=True,
-            verbose=False,
-        )
+    train_tiny(yolo, data, tmp_path / "runs")
     assert seen and all(s == {"sdpa"} for s in seen)
     assert sdpa_calls and naive_calls == [[], []]  # the final validation of best.pt ran the patch too
     assert {r.requested for r in yolo13_attn.patching.report(yolo)} == {"sdpa"}

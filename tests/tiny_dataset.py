@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 
@@ -20,3 +21,12 @@ def tiny_dataset(root: Path, images: int = 4, size: int = 64) -> Path:
     data = root / "data.yaml"
     data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n  0: thing\n")
     return data
+
+
+def train_tiny(yolo, data: Path, project: Path, **overrides) -> None:
+    """One quiet epoch of ``yolo.train`` on the CPU at 64x64 (``overrides`` win), warnings silenced."""
+    args = {"epochs": 1, "imgsz": 64, "batch": 2, "workers": 0, "device": "cpu", "plots": False, "amp": False}
+    args |= {"project": str(project), "name": "t", "exist_ok": True, "verbose": False, **overrides}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yolo.train(data=str(data), **args)

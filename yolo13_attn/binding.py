@@ -42,8 +42,9 @@ def exporting() -> bool:
     return bool(getattr(torch.compiler, "_is_exporting_flag", False))
 
 
-def _device_name(t: Tensor) -> str:
-    return t.device.type if t.device.index is None else f"{t.device.type}:{t.device.index}"
+def device_name(device: torch.device) -> str:
+    """``cpu`` / ``cuda:0``: how call keys name a device."""
+    return device.type if device.index is None else f"{device.type}:{device.index}"
 
 
 def _grad(*tensors: Tensor) -> bool:
@@ -52,13 +53,13 @@ def _grad(*tensors: Tensor) -> bool:
 
 def area_call_key(q: Tensor, k: Tensor, v: Tensor) -> CallKey:
     """The key of ``area_attention(q, k, v)`` with q/k/v ``(B, heads, head_dim, N)``."""
-    return (_device_name(q), q.dtype, q.shape[2], _grad(q, k, v), False, torch.compiler.is_compiling())
+    return (device_name(q.device), q.dtype, q.shape[2], _grad(q, k, v), False, torch.compiler.is_compiling())
 
 
 def hypergraph_call_key(x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None) -> CallKey:
     """The key of a hypergraph call with x/xp ``(B, N, D)``, prototypes ``(B, M, D)``."""
     compiling = torch.compiler.is_compiling()
-    return (_device_name(x), x.dtype, x.shape[-1], _grad(x, xp, prototypes), dropout_mask is not None, compiling)
+    return (device_name(x.device), x.dtype, x.shape[-1], _grad(x, xp, prototypes), dropout_mask is not None, compiling)
 
 
 def call_of(op: str, key: CallKey) -> OpCall:

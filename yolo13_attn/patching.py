@@ -31,7 +31,7 @@ from torch import nn
 
 from .backends.base import OPS
 from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_spec
-from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, call_of, machine_devices
+from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, call_of, device_name, machine_devices
 from .integration.ultralytics_api import (
     add_train_callback,
     drop_predictor,
@@ -112,8 +112,14 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _layer_key(layer: nn.Module, kind: LayerKind, training: bool = False, compiling: bool = False) -> tuple:
     """The call key of ``layer`` on its current device and dtype (inference, or a training call)."""
     param = next(layer.parameters())
-    device = param.device.type if param.device.index is None else str(param.device)
-    return (device, param.dtype, kind.head_dim(layer), training, training and kind.logit_dropout(layer), compiling)
+    return (
+        device_name(param.device),
+        param.dtype,
+        kind.head_dim(layer),
+        training,
+        training and kind.logit_dropout(layer),
+        compiling,
+    )
 
 
 def _plan_entry(spec: dict[str, tuple[str, str]], layers: list, check_finite: bool, strict: bool) -> PatchEntry:
