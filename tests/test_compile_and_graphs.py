@@ -68,8 +68,10 @@ def test_cuda_graph_capture_matches_eager(backend):
         graph.replay()
         torch.cuda.synchronize()
         expected = model(fresh)[0]
+        replayed = profiled_kernels(graph.replay)
     torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-2)
     assert not torch.equal(captured, eager)  # the replay computed the new input
+    assert ran(replayed, BACKEND_KERNELS[backend]), f"{backend} kernels missing in the replay: {sorted(set(replayed))}"
 
 
 @needs_cuda
