@@ -159,6 +159,7 @@ def choose_backends(
     """The backends to run (requested ones in the order given; else naive first) and the skipped ones with why.
 
     A backend runs when either op has it available (``available_backends()``); ``auto`` always can.
+    ``auto`` and the named per-op patches (``SPECS``, whole models only) run by default only with ``default_auto``.
     On CPU the Triton backend would run in its interpreter: skipped unless named.
     """
     avail = backend_availability()
@@ -166,7 +167,7 @@ def choose_backends(
     unknown = [n for n in requested or [] if n not in names]
     if unknown:
         raise SystemExit(f"unknown backend(s) {unknown}; valid: {', '.join(names)}")
-    wanted = requested or [n for n in names if n != "auto" or default_auto]
+    wanted = requested or [n for n in names if default_auto or (n != "auto" and n not in SPECS)]
     chosen, skipped = [], {}
     for name in wanted:
         parts = set(SPECS[name].values()) - {"naive"} if name in SPECS else {name}

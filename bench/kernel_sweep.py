@@ -4,7 +4,10 @@
 Ops (``--ops``): ``area_core`` (``yolo13_attn.area_attention`` on the channel-major ``(B, heads,
 32, N)`` views ``AAttn`` passes), ``area_layer`` (an ``AAttn`` forward, BN fused, eval),
 ``hg_core`` (``hypergraph_aggregate`` + ``hypergraph_scatter``), ``hg_layer`` (an
-``AdaHGComputation`` forward). ``naive`` is the reference math (for layers: the unpatched layer).
+``AdaHGComputation`` forward); ``area_core_train`` / ``hg_core_train``: the core op's forward plus
+its backward (``torch.autograd.grad`` of a fixed random output gradient; the hypergraph with the
+training-mode logit dropout mask), checked on every input gradient. ``naive`` is the reference
+math (for layers: the unpatched layer).
 Shapes: ``AAttn`` at P4 and P5 and ``AdaHGComputation`` at P4 of YOLOv13 n/s/l/x, for 640x640,
 320x256 and 1280x1280 images.
 
@@ -48,7 +51,7 @@ from yolo13_attn.ops import hypergraph_aggregate_reference as aggregate_referenc
 from yolo13_attn.ops import hypergraph_scatter_reference as scatter_reference
 from yolo13_attn.testing import baseline_dtype, flash_rule, randomize_weights
 
-OPS = ("area_core", "area_layer", "hg_core", "hg_layer")
+OPS = ("area_core", "area_layer", "hg_core", "hg_layer", "area_core_train", "hg_core_train")
 SCALES = ("n", "s", "l", "x")
 #: scale -> (AAttn P4 channels, AAttn P5 channels, AdaHGComputation D, M), from the YOLOv13 model file
 SCALE_DIMS = {"n": (64, 128, 64, 4), "s": (128, 256, 128, 8), "l": (256, 256, 256, 8), "x": (384, 384, 384, 12)}
@@ -69,6 +72,14 @@ FORMULAS = {
     "hg_layer": (
         "bytes = compulsory traffic = x read + out written (2*B*D*N*size) + weights; FLOPs = pre_head_proj + "
         "node_proj 4*B*N*D^2 + context_net 4*B*M*D^2 + edge_proj 2*B*M*D^2 + core 8*B*N*M*D"
+    ),
+    "area_core_train": (
+        "bytes = forward (q, k, v read, o written) + backward (q, k, v, o, dO read, dQ, dK, dV written) "
+        "= 12*B*C*N*size; FLOPs = forward 4 + backward 10 (S recomputed, dV, dP, dQ, dK) = 14*B*N*(N/area)*C"
+    ),
+    "hg_core_train": (
+        "bytes = forward as hg_core + backward (x, xp, dxn read, dx, dxp written, twice over xp) "
+        "= (9*B*N*D + 6*B*M*D)*size + B*N*M mask; FLOPs = forward 8*B*N*M*D + backward 16*B*N*M*D"
     ),
 }
 
@@ -175,6 +186,7 @@ class Group:
     """One (op, shape, batch, dtype): input sets (``sets``), float64 references, a runner per backend."""
 
     op = ""
+    needs_grad = False  #: the calls run autograd (training ops): not under inference_mode
 
     def __init__(self, shape: Shape, batch: int, dtype: torch.dtype, device: str, seed: int, l2_bytes: float | None):
         self.shape, self.batch, self.dtype, self.device = shape, batch, dtype, device
@@ -277,6 +289,100 @@ class HgCore(Group):
         return (4 * b * s.n * s.c + 4 * b * s.m * s.c) * self.esize + 8 * b * s.m, 8 * b * s.n * s.m * s.c
 
 
+def _grads(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], grads_out: tuple) -> tuple:
+    """``torch.autograd.grad`` of ``sum(<output, grad_out>)`` with respect to ``inputs``."""
+    return torch.autograd.grad(outputs, inputs, grads_out)
+
+
+class AreaCoreTrain(AreaCore):
+    """Forward + backward of the area-attention core: outputs are ``(dq, dk, dv)`` for a fixed random ``dO``."""
+
+    op, outputs, needs_grad = "area_core_train", ("dq", "dk", "dv"), True
+
+    def __init__(self, *a, **kw):
+        Group.__init__(self, *a, **kw)
+        s, b = self.shape, self.batch
+        self.sets = []
+        for _ in range(self.n_sets(8 * b * s.c * s.n * self.esize)):
+            qk, v = self.randn(b, 2 * s.c, s.h, s.w), self.randn(b, s.c, s.h, s.w)
+            self.sets.append((qk.requires_grad_(), v.requires_grad_(), self.randn(b, s.heads, HEAD_DIM, s.n)))
+        self.rotated_bytes = len(self.sets) * 5 * b * s.c * s.n * self.esize
+        self.ref64 = self.compute_baseline(torch.float64)
+
+    def views(self, qk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v as ``AAttn`` passes them: head views of the qk conv's halves and of v (made with autograd on)."""
+        q, k = qk.chunk(2, dim=1)
+        return tuple(heads_view(t, self.shape.heads) for t in (q, k, v))
+
+    def compute_baseline(self, dtype):
+        """The reference's input gradients computing in ``dtype`` (float64: from float64 copies)."""
+        s = self.shape
+        qk, v, do = self.sets[0]
+        grads = []
+        with torch.enable_grad():
+            qkv = self.views(*(t.detach().to(dtype if dtype == torch.float64 else self.dtype) for t in (qk, v)))
+            qkv = [t.detach().requires_grad_() for t in qkv]
+            for i in _batch_chunks(self.batch, s.heads * s.n * (s.n // s.area) * 8 * 6):
+                part = [t[i] for t in qkv]
+                out = area_attention_reference(*part, s.area, compute_dtype=dtype)
+                grads.append(_grads((out,), tuple(part), (do[i].to(out.dtype),)))
+        return tuple(torch.cat([g[j] for g in grads]).to(self.dtype) for j in range(3))
+
+    def call(self, backend, qk, v, do):
+        q, k, v = self.views(qk, v)
+        out = yolo13_attn.area_attention(q, k, v, self.shape.area, layout="bhdn", backend=backend)
+        return _grads((out,), (q, k, v), (do,))
+
+    def bytes_flops(self) -> tuple[float, float]:
+        s, b = self.shape, self.batch
+        return 12 * b * s.c * s.n * self.esize, 14 * b * s.n * (s.n // s.area) * s.c
+
+
+class HgCoreTrain(HgCore):
+    """Forward + backward of aggregation + scatter with a logit dropout mask: outputs ``(dx, dxp, dprototypes)``."""
+
+    op, outputs, needs_grad = "hg_core_train", ("dx", "dxp", "dprototypes"), True
+    dropout = 0.1  #: AdaHyperedgeGen's logit dropout in YOLOv13
+
+    def __init__(self, *a, **kw):
+        Group.__init__(self, *a, **kw)
+        s, b = self.shape, self.batch
+        d, m, n = s.c, s.m, s.n
+        self.scale = hypergraph_scale(d, s.heads)
+        p_std = 2.0 / (self.scale * math.sqrt(d))
+        keep = 1.0 / (1.0 - self.dropout)
+        self.sets = []
+        for _ in range(self.n_sets((6 * b * n * d + 2 * b * m * d) * self.esize)):
+            x = self.randn(b, d, s.h, s.w).requires_grad_()
+            xp, protos = self.randn(b, n, d).requires_grad_(), self.randn(b, m, d, scale=p_std).requires_grad_()
+            mask = (torch.rand(b, n, m, generator=self.gen, device=self.device) >= self.dropout) * keep
+            self.sets.append((x, xp, protos, mask.to(self.dtype), self.randn(b, n, d)))
+        self.rotated_bytes = len(self.sets) * (5 * b * n * d + b * m * d + b * n * m) * self.esize
+        self.ref64 = self.compute_baseline(torch.float64)
+
+    def compute_baseline(self, dtype):
+        x, xp, protos, mask, dxn = self.sets[0]
+        x = x.flatten(2).transpose(1, 2)
+        cast = dtype if dtype == torch.float64 else self.dtype
+        inputs = tuple(t.detach().to(cast).requires_grad_() for t in (x, xp, protos))
+        with torch.enable_grad():
+            he, lse = aggregate_reference(*inputs, self.scale, mask, compute_dtype=dtype)
+            xn = scatter_reference(inputs[1], inputs[2], lse, he, self.scale, mask, compute_dtype=dtype)
+            grads = _grads((xn,), inputs, (dxn.to(xn.dtype),))
+        return tuple(g.to(self.dtype) for g in grads)
+
+    def call(self, backend, x_map, xp, protos, mask, dxn):
+        x = x_map.flatten(2).transpose(1, 2)  # the (B, N, D) view AdaHGComputation passes
+        he, lse = yolo13_attn.hypergraph_aggregate(x, xp, protos, self.scale, mask, backend=backend)
+        xn = yolo13_attn.hypergraph_scatter(xp, protos, lse, he, self.scale, mask, backend=backend)
+        return _grads((xn,), (x, xp, protos), (dxn,))
+
+    def bytes_flops(self) -> tuple[float, float]:
+        s, b = self.shape, self.batch
+        byts = (9 * b * s.n * s.c + 6 * b * s.m * s.c + b * s.n * s.m) * self.esize
+        return byts, 24 * b * s.n * s.m * s.c
+
+
 class LayerGroup(Group):
     """``area_layer`` / ``hg_layer``: the family's layer itself on input maps x ``(B, C, H, W)``."""
 
@@ -325,6 +431,7 @@ class HgLayer(LayerGroup):
 
 
 GROUPS = {"area_core": AreaCore, "area_layer": AreaLayer, "hg_core": HgCore, "hg_layer": HgLayer}
+GROUPS |= {"area_core_train": AreaCoreTrain, "hg_core_train": HgCoreTrain}
 
 
 # ---- one configuration -------------------------------------------------------------------------
@@ -384,7 +491,7 @@ def _run_config(group: Group, backend: str, args, device: str) -> dict:
     try:
         runner = group.runner(backend)
         rec["kernel"] = runner.kernel
-        with torch.inference_mode():
+        with torch.inference_mode(not group.needs_grad):
             if device == "cuda":  # best effort: a NaN block left in the allocator shows unwritten output elements
                 torch.full(
                     (group.batch * group.shape.c * group.shape.n * group.esize // 4 + 1,), math.nan, device=device

@@ -19,6 +19,12 @@
 #                   naive, auto and triton per shape: run again with BACKENDS_COMPILED=sdpa,flash
 #   train_step      forward + backward under AMP fp16, YOLOv13-n batch 16 and YOLOv13-x batch 8,
 #                   640x640, every backend, 3 rounds in rotated order (best round kept)
+#   train_sweep     kernel sweep of the training ops (forward + backward of the area-attention and
+#                   hypergraph cores): 640x640, fp16 batch 1/8/16, bf16 batch 16
+#   train_profile   per-layer forward/backward profile of the training step (bench/train_profile.py),
+#                   YOLOv13-n batch 16 and YOLOv13-x batch 8: unpatched, fa2path, auto
+#   train_epochs    YOLO.train, YOLOv13-n batch 16, 20 epochs on a generated dataset: epoch time and
+#                   loss curves, unpatched, fa2path, auto (bench/train_epochs.py)
 # Environment:
 #   RES                 results folder (default bench/results/<gpu>-<date>)
 #   B_SWEEP B_MODEL B_COMPILED B_TRAIN   seconds of budget per part (defaults below)
@@ -26,7 +32,7 @@
 #   TARBALL             if set, also pack the results folder into this .tar.gz file
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PARTS="${PARTS:-sweep,model,model_compiled,train_step}"
+PARTS="${PARTS:-sweep,model,model_compiled,train_step,train_sweep,train_profile,train_epochs}"
 B_SWEEP="${B_SWEEP:-240}"
 B_MODEL="${B_MODEL:-135}"
 B_COMPILED="${B_COMPILED:-300}"
@@ -66,6 +72,23 @@ fi
 if has train_step; then
     echo "== training step ($(el))"
     run train_step.log "$B_TRAIN" bench/model_latency.py --cases n:16:640,x:8:640 --dtypes fp16 --modes train_step
+fi
+if has train_sweep; then
+    echo "== kernel sweep, training ops ($(el))"
+    run kernel_sweep_train_fp16.log "${B_TRAIN_SWEEP:-150}" bench/kernel_sweep.py --ops area_core_train,hg_core_train \
+        --images 640x640 --dtypes fp16 --batches 1,8,16 --samples 10
+    run kernel_sweep_train_bf16.log 60 bench/kernel_sweep.py --ops area_core_train,hg_core_train \
+        --images 640x640 --dtypes bf16 --batches 16 --samples 10
+fi
+if has train_profile; then
+    echo "== training-step profile per layer ($(el))"
+    timeout 400 python3 bench/train_profile.py --out "$RES" >"$RES/train_profile.log" 2>&1
+    echo "  rc $?; $(el)"
+fi
+if has train_epochs; then
+    echo "== YOLO.train epochs and loss curves ($(el))"
+    timeout 500 python3 bench/train_epochs.py --out "$RES" >"$RES/train_epochs.log" 2>&1
+    echo "  rc $?; $(el)"
 fi
 grep -hiE "traceback|error:" "$RES"/*.log | head -n 10
 echo "== summary ($(el))"

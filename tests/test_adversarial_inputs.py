@@ -310,7 +310,7 @@ def test_float64_hypergraph_keeps_float64(backend):
 @pytest.mark.parametrize("backend", HYPERGRAPH_BACKENDS)
 def test_float64_hypergraph_gradcheck(backend):
     x, xp, p = (t.requires_grad_() for t in tokens(2, 6, 4, 3, torch.float64))
-    skip_unless_supported(HYPERGRAPH, backend, OpCall(HYPERGRAPH, x.device, torch.float64, 4, True))
+    skip_unless_supported(HYPERGRAPH, backend, OpCall(HYPERGRAPH, x.device, torch.float64, 4, True, True))
     mask = (torch.rand(2, 6, 3) > 0.3).double() / 0.7
     edge = torch.randn(4, 4, dtype=torch.float64)
 

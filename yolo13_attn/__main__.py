@@ -61,13 +61,32 @@ def flash_implementations() -> list[str]:
     return lines
 
 
+def measured_auto_lines() -> list[str]:
+    """``auto``'s measured order on this GPU per op, mode and dtype (or why there is none)."""
+    from .backends.base import AREA, HYPERGRAPH, OpCall
+    from .backends.measured import measured_order
+
+    if not torch.cuda.is_available():
+        return ["auto: no CUDA device, the declared priority decides"]
+    lines = [f"auto on {torch.cuda.get_device_name(0)} (measured order, fastest first):"]
+    for op, head_dim in ((AREA, 32), (HYPERGRAPH, 384)):
+        for grad in (False, True):
+            for dtype in (torch.float16, torch.bfloat16):
+                order = measured_order(OpCall(op, torch.device("cuda", 0), dtype, head_dim, grad))
+                mode = f"{op} {'training' if grad else 'inference'} {str(dtype).removeprefix('torch.')}"
+                lines.append(f"  {mode:<32} {' > '.join(order.names) if order else 'not measured: declared priority'}")
+    return lines
+
+
 def info() -> None:
     from .backends import available_backends, priority
 
     for key, value in environment().items():
         print(f"{key:>20}: {value}")
     for op, backends in available_backends().items():
-        print(f"\n{op} backends, auto priority {' > '.join(priority(op))}:")
+        print(
+            f"\n{op} backends, declared priority (auto's order where nothing was measured) {' > '.join(priority(op))}:"
+        )
         for name, entry in backends.items():
             state = "available" if entry["available"] else "unavailable: " + "; ".join(entry["reasons"])
             dtypes = ",".join(entry["dtypes"])
@@ -75,6 +94,7 @@ def info() -> None:
                 f"  {name:<7} {state}\n          {entry['description']} "
                 f"[devices {','.join(entry['devices'])}; {dtypes}; backward {entry['backward']}]"
             )
+    print("\n" + "\n".join(measured_auto_lines()))
     print("\n" + "\n".join(flash_implementations()))
 
 

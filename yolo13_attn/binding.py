@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .backends.base import AREA, Backend, KernelPlan, OpCall
-from .backends.registry import AUTO, BackendUnsupportedError, get_backend, select
+from .backends.registry import AUTO, BackendUnsupportedError, auto_order, get_backend, select
 
 #: ``(device, dtype, head_dim, requires_grad, has_dropout_mask, compiling)``: what decides the backend of one call
 CallKey = tuple[str, torch.dtype, int, bool, bool, bool]
@@ -77,7 +77,8 @@ class Choice:
     """The backend serving one call key (``backend`` None: no backend can, ``error`` says why).
 
     ``fallback``: why the requested backend cannot serve this layer by construction, when the
-    fastest backend that can serves it instead.
+    fastest backend that can serves it instead. ``basis``: what ``auto``'s order rested on (measured
+    timings or declared priority).
     """
 
     backend: type[Backend] | None
@@ -85,6 +86,7 @@ class Choice:
     skipped: dict[str, list[str]]
     error: str = ""
     fallback: str = ""
+    basis: str = ""
 
     def why(self, requested: str, source: str) -> str:
         """Short reason; the full reasons of skipped backends are in ``skipped``."""
@@ -92,9 +94,8 @@ class Choice:
             return f"fallback: {requested} ({source}) cannot serve this layer: {self.fallback}"
         if requested != AUTO:
             return f"requested ({source})"
-        if not self.skipped:
-            return f"auto ({source}): highest priority"
-        return f"auto ({source}): {', '.join(self.skipped)} cannot serve it"
+        skipped = f"; {', '.join(self.skipped)} cannot serve it" if self.skipped else ""
+        return f"auto ({source}): {self.basis}{skipped}"
 
 
 @dataclass
@@ -118,15 +119,15 @@ class OpPlan:
             call = call_of(self.op, key)
             try:
                 backend, skipped = select(call, self.requested)
-                choice = Choice(backend, backend.plan(call), skipped)
+                basis = auto_order(call)[1] if self.requested == AUTO else ""
+                choice = Choice(backend, backend.plan(call), skipped, basis=basis)
             except BackendUnsupportedError as err:
                 choice = Choice(None, None, {}, str(err))
                 requested = self._requested_backend()
                 if requested is not None and not self.strict and not requested.environment_reasons(call):
                     backend, skipped = select(call, AUTO)
-                    choice = Choice(
-                        backend, backend.plan(call), skipped, fallback="; ".join(requested.layer_reasons(call))
-                    )
+                    fallback = "; ".join(requested.layer_reasons(call))
+                    choice = Choice(backend, backend.plan(call), skipped, fallback=fallback, basis=auto_order(call)[1])
             self.choices[key] = choice
         return choice
 

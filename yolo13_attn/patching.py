@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from .backends.base import OPS
@@ -320,20 +321,25 @@ def _warn_fallbacks(model_name: str, entry: PatchEntry, layers: list) -> None:
 
 
 def _announce(model_name: str, entry: PatchEntry, layers: list) -> None:
-    """One log line per patched model saying what ``auto`` chose for its inference and training calls."""
+    """One log line per patched model saying what ``auto`` chose for its inference and training calls, and
+    why: in the model's dtype, and for a float32 model on a GPU also in float16 (what AMP training and
+    half-precision inference run)."""
     parts = []
     for op, plan in entry.plans.items():
         op_layers = [(layer, kind) for _, layer, kind in layers if kind.op == op]
         if plan.requested != AUTO or not op_layers:
             continue
         layer, kind = op_layers[0]
-        infer, train = plan.plan(_layer_key(layer, kind)), plan.plan(_layer_key(layer, kind, training=True))
-        device, dtype = _layer_key(layer, kind)[:2]
-        names = [c.backend.name if c.backend else "none" for c in (infer, train)]
-        parts.append(
-            f"{op} x{len(op_layers)} -> {names[0]} (inference), {names[1]} (training) on {device}/"
-            f"{str(dtype).removeprefix('torch.')}"
-        )
+        device, dtype, *rest = _layer_key(layer, kind)
+        dtypes = [dtype] + ([torch.float16] if device.startswith("cuda") and dtype == torch.float32 else [])
+        for dt in dtypes:
+            train_key = (device, dt, *_layer_key(layer, kind, training=True)[2:])
+            infer, train = plan.plan((device, dt, *rest)), plan.plan(train_key)
+            names = [c.backend.name if c.backend else "none" for c in (infer, train)]
+            parts.append(
+                f"{op} x{len(op_layers)} on {device}/{str(dt).removeprefix('torch.')} -> {names[0]} (inference), "
+                f"{names[1]} (training) [{train.basis or infer.basis}]"
+            )
     if parts:
         LOGGER.info("auto patched %s: %s", model_name, "; ".join(parts))
 

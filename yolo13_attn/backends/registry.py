@@ -1,6 +1,8 @@
 """The backend registry and the one dispatch rule.
 
-``auto`` walks a priority list and takes the first backend whose declaration accepts the call;
+``auto`` walks an order of backends and takes the first whose declaration accepts the call: the
+order measured fastest for the call's GPU, op, mode (inference or training) and dtype
+(:mod:`.measured`), then the backends the measurements do not rank by their declared priority;
 an explicitly named backend either accepts the call or raises :class:`BackendUnsupportedError`
 with every reason. Selection looks only at the call (device of the tensors, dtype, head dim,
 grad), never at global device state.
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .base import AREA, HYPERGRAPH, OPS, Backend, OpCall
+from .measured import measured_order
 
 AUTO = "auto"
 DEFAULT_BACKEND_ENV = "YOLO13_ATTN_BACKEND"
@@ -47,7 +50,7 @@ def _load_backends() -> None:
     if not _ALL_LOADED:
         _ALL_LOADED = True
         for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            if module.name not in ("base", "registry"):
+            if module.name not in ("base", "registry", "measured"):
                 importlib.import_module(f"{__package__}.{module.name}")
 
 
@@ -68,6 +71,17 @@ def priority(op: str, compiling: bool = False) -> tuple[str, ...]:
         if backend_op == op and rank is not None:
             ranked.append((rank, name))
     return tuple(name for _, name in sorted(ranked))
+
+
+def auto_order(call: OpCall) -> tuple[tuple[str, ...], str]:
+    """``auto``'s order for ``call`` and what it rests on: the measured order (among the backends
+    :func:`priority` admits for the call's compile state), then the rest by declared priority."""
+    declared = priority(call.op, call.compiling)
+    measured = measured_order(call)
+    if measured is None:
+        return declared, "declared priority (no measurements for this GPU, mode and dtype)"
+    first = tuple(name for name in measured.names if name in declared)
+    return first + tuple(name for name in declared if name not in first), measured.basis
 
 
 def _valid() -> str:
@@ -165,7 +179,7 @@ def select(call: OpCall, requested: str) -> tuple[type[Backend], dict[str, list[
     backend) cannot serve the call.
     """
     requested = validate_name(requested)
-    names = priority(call.op, call.compiling) if requested == AUTO else (requested,)
+    names = auto_order(call)[0] if requested == AUTO else (requested,)
     skipped: dict[str, list[str]] = {}
     for name in names:
         backend = get_backend(call.op, name)

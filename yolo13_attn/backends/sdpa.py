@@ -18,15 +18,14 @@ from .registry import register
 _SDP_KERNELS = {0: "math", 1: "flash", 2: "memory-efficient", 3: "cuDNN", 4: "overrideable"}
 
 
-def sdpa_kernel_choice(call: OpCall, seq_q: int = 64, seq_k: int = 64, with_mask: bool = False) -> str:
+def sdpa_kernel_choice(call: OpCall, seq_q: int = 64, seq_k: int = 64) -> str:
     """The SDPA inner kernel PyTorch selects for a call like ``call`` (probed on small contiguous
     tensors, the layout this backend hands to SDPA)."""
     shape_q, shape_k = (1, 1, seq_q, call.head_dim), (1, 1, seq_k, call.head_dim)
     q = torch.empty(shape_q, device=call.device, dtype=call.dtype)
     k = torch.empty(shape_k, device=call.device, dtype=call.dtype)
-    mask = torch.empty((1, 1, seq_q, seq_k), device=call.device, dtype=call.dtype) if with_mask else None
     try:
-        choice = torch._fused_sdp_choice(q, k, k, mask, 0.0, False)
+        choice = torch._fused_sdp_choice(q, k, k, None, 0.0, False)
     except (AttributeError, RuntimeError):
         return "unknown (PyTorch does not expose its choice)"
     return _SDP_KERNELS.get(int(choice), f"backend #{int(choice)}")
@@ -57,26 +56,26 @@ class SdpaHypergraph(HypergraphBackend):
     name = "sdpa"
     priority = compiled_priority = 30
     deterministic = False
+    # SDPA takes only an additive bias; emulating the multiplicative logit dropout with one (bias = logit *
+    # (mask - 1), in the input dtype) failed the 2x rule on fp16 gradients (kernel sweep, hg_core_train):
+    # training layers with dropout fall back to the fastest backend that applies the mask itself
+    supports_dropout_mask = False
     description = (
-        "aggregation as SDPA with the M prototypes as queries (logit dropout as an additive bias); "
-        "lse from the explicit (B, N, M) logits; scatter is the reference matmul"
+        "aggregation as SDPA with the M prototypes as queries; lse from the explicit (B, N, M) logits; "
+        "scatter is the reference matmul; no logit dropout"
     )
 
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:
-        kernel = sdpa_kernel_choice(call, seq_q=8, seq_k=64, with_mask=call.has_dropout_mask)
+        kernel = sdpa_kernel_choice(call, seq_q=8, seq_k=64)
         return KernelPlan(f"sdpa/{kernel} + matmul scatter", call.dtype)
 
     @classmethod
     def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
         # (B, N, M) logits for the lse: small, so fp32 costs little (float64 inputs keep float64)
         logits = hyperedge_logits(xp, prototypes, scale).to(torch.promote_types(x.dtype, torch.float32))
-        bias = None
-        if dropout_mask is not None:  # softmax(l * mask) == softmax(l + l * (mask - 1))
-            bias = (logits * (dropout_mask - 1)).transpose(1, 2).unsqueeze(1).to(x.dtype)
-            logits = logits * dropout_mask
         q, k, v = (t.unsqueeze(1).contiguous() for t in (prototypes, xp, x))  # x is a strided token view
-        he = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        he = F.scaled_dot_product_attention(q, k, v, scale=scale)
         return he.squeeze(1), torch.logsumexp(logits, dim=1)
 
     scatter = NaiveHypergraph.scatter
