@@ -18,6 +18,9 @@ Modes (``--modes``):
 * ``compiled_graph``: the compiled forward captured in a CUDA graph, replays timed.
 * ``train_step``: forward + backward of the training model through ``model.loss`` under AMP
   (``bench/train_step.py``), all backends in one process, rounds in rotated order, best round kept.
+* ``train_step_compiled``: the same step through ``torch.compile(model)`` (what Ultralytics'
+  ``train(compile=True)`` runs: the compiled model's forward on the batch dict computes the loss);
+  each backend compiles on its first call (a re-patch recompiles), warm-up excluded.
 
 Before timing, per (model, image, dtype, backend): every patched attention layer is checked against
 the float64 model (flash rule) and the kernels each attention layer launched are listed
@@ -54,7 +57,8 @@ from timing import measure_peak, time_calls
 import yolo13_attn
 
 SCALES = ("n", "s", "l", "x")
-MODES = ("eager", "graph", "compiled", "compiled_graph", "train_step")
+TRAIN_MODES = ("train_step", "train_step_compiled")
+MODES = ("eager", "graph", "compiled", "compiled_graph", *TRAIN_MODES)
 GRAPH_MODES = ("graph", "compiled_graph")
 COMPILE_BACKEND_HELP = (
     "torch.compile backend (default inductor). 'eager' only traces with dynamo and runs the captured graph eagerly, "
@@ -228,7 +232,7 @@ def run_group(
     dtype, hw = C.DTYPES[dtype_name], (cases[0].h, cases[0].w)
     model = copy.deepcopy(ref.base).to(device=device, dtype=dtype)
     ref.baseline(dtype, dtype, model)  # from the unpatched model, before any patching
-    modes = [m for m in args.mode_list if m != "train_step"]
+    modes = [m for m in args.mode_list if m not in TRAIN_MODES]
     for backend in backends:
         common = {
             "model": f"yolov13{scale}",
@@ -279,8 +283,9 @@ def run_group(
     C.free_memory()
 
 
-def run_train(case: Case, dtype_name: str, backends, args, device, budget, records) -> None:
-    """``train_step`` of one case into its records (made by ``run_group``), per backend."""
+def run_train(case: Case, dtype_name: str, backends, args, device, budget, records, mode: str) -> None:
+    """``mode`` (``train_step`` or ``train_step_compiled``) of one case into its records (made by ``run_group``),
+    per backend."""
     model = train_step.build_train_model(case.scale, args.seed, device)
     batch = train_step.random_batch(case.batch, (case.h, case.w), model.model[-1].nc, device, args.seed)
     key = (f"yolov13{case.scale}", case.imgsz, dtype_name, case.batch)
@@ -289,25 +294,29 @@ def run_train(case: Case, dtype_name: str, backends, args, device, budget, recor
     def profile(backend, handle, step):
         if not args.no_profile:
             rec, seen = mine[backend], backend_kernels(step, kernel_pattern(backend, handle), device)
-            rec["kernels_seen"]["train_step"], rec["kernels_seen_names"]["train_step"] = seen
+            rec["kernels_seen"][mode], rec["kernels_seen_names"][mode] = seen
 
     t0 = time.perf_counter()
     amp = None if dtype_name == "fp32" else C.DTYPES[dtype_name]
     run = [b for b in backends if mine[b]["status"] in ("ok", "check-failed")]
-    results = train_step.time_rounds(model, batch, amp, run, device, args.rounds, args.steps, budget, profile)
+    compiled = mode == "train_step_compiled"
+    results = train_step.time_rounds(
+        model, batch, amp, run, device, args.rounds, args.steps, budget, profile, compiled=compiled
+    )
     for backend, res in results.items():
         rec = mine[backend]
         if "status" in res:
-            rec.setdefault("errors", []).append(f"train_step: {res['status']}: {res['reason']}")
+            rec.setdefault("errors", []).append(f"{mode}: {res['status']}: {res['reason']}")
         else:
-            rec["timing"]["train_step"], rec["peak_mem_mb"]["train_step"] = res["timing"], res["peak_mem_mb"]
-            rec["train"] = {"loss": res["loss"], "round_medians_ms": res["round_medians"], "report": res["report"]}
+            rec["timing"][mode], rec["peak_mem_mb"][mode] = res["timing"], res["peak_mem_mb"]
+            info = {"loss": res["loss"], "round_medians_ms": res["round_medians"], "report": res["report"]}
+            rec.setdefault("train", {})[mode] = info
     cells = [
         f"{b} {r['status']}" if "status" in r else f"{b} {O.fmt_ms(r['timing']['median'])} ms"
         for b, r in results.items()
     ]
     what = f"yolov13{case.scale} {case.imgsz} B{case.batch} {dtype_name}, {args.rounds} rotated rounds"
-    print(f"  train_step {what}: {'; '.join(cells)} [{time.perf_counter() - t0:.1f}s]", flush=True)
+    print(f"  {mode} {what}: {'; '.join(cells)} [{time.perf_counter() - t0:.1f}s]", flush=True)
     C.free_memory()
 
 
@@ -400,8 +409,9 @@ def main(argv=None) -> int:
                 f"float64 forward at {h}x{w}: {time.perf_counter() - t0:.1f}s"
             )
             run_group(ref, scale, groups[(scale, h, w)], dtype_name, backends, args, device, share, records)
-            for case in groups[(scale, h, w)] if "train_step" in args.mode_list else []:
-                run_train(case, dtype_name, backends, args, device, share, records)
+            for mode in [m for m in TRAIN_MODES if m in args.mode_list]:
+                for case in groups[(scale, h, w)]:
+                    run_train(case, dtype_name, backends, args, device, share, records, mode)
             del ref, base
             C.free_memory()
     except KeyboardInterrupt:
@@ -419,7 +429,7 @@ def main(argv=None) -> int:
     if any(m.startswith("compiled") for m in data["modes"]):
         cold = "torch._dynamo.reset() before each compile, Inductor caches off (Triton's kernel cache stays)"
         data["compile"] = {"backend": args.compile_backend, "mode": args.compile_mode, "cold start": cold}
-    if "train_step" in data["modes"]:
+    if set(TRAIN_MODES) & set(data["modes"]):
         loss = "model.loss(batch): v8DetectionLoss on 8 random boxes per image"
         data["train"] = {"rounds": args.rounds, "steps per round": args.steps, "loss": loss}
     files = R.write_outputs(data, out_dir)

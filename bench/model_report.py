@@ -19,7 +19,8 @@ from pathlib import Path
 import outputs as O
 from plots import Panel, speedup_figure
 
-MEM_METRIC = {"train_step": "train_peak_mem_mb"}  #: default ``<mode>_peak_mem_mb``
+#: default ``<mode>_peak_mem_mb``
+MEM_METRIC = {"train_step": "train_peak_mem_mb", "train_step_compiled": "train_compiled_peak_mem_mb"}
 #: names of each backend's own kernels (GPU kernel names; on CPU, operator names)
 BACKEND_KERNELS = {
     "triton": r"area_attention_\w*kernel|hypergraph_\w*kernel",
@@ -32,6 +33,7 @@ MODE_NOTES = {
     "compiled": "torch.compile, compiled cold (dynamo reset, Inductor caches off), then one call at a time",
     "compiled_graph": "the compiled forward captured in a CUDA graph, replays timed",
     "train_step": "forward + backward through model.loss under AMP autocast, rounds rotated over backends, best round",
+    "train_step_compiled": "the train_step through torch.compile(model) (as train(compile=True)), warm-up excluded",
 }
 CELLS_NOTE = (
     "Cells: median ms [p20-p80] (speedup vs naive = unpatched). `FAIL`: an attention layer failed the flash rule "

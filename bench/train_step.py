@@ -46,14 +46,19 @@ def random_batch(batch: int, hw: tuple[int, int], nc: int, device: str, seed: in
     }
 
 
-def make_step(model: torch.nn.Module, batch: dict, amp_dtype: torch.dtype | None):
-    """One training step (gradients reset to None first, so every step allocates the same); returns the loss."""
+def make_step(model: torch.nn.Module, batch: dict, amp_dtype: torch.dtype | None, compiled: bool = False):
+    """One training step (gradients reset to None first, so every step allocates the same); returns the loss.
+
+    ``compiled``: through ``torch.compile(model)``, whose forward on the batch dict computes the loss, as
+    Ultralytics' trainer runs a model compiled with ``train(compile=True)``.
+    """
     device_type = batch["img"].device.type
+    loss_of = torch.compile(model) if compiled else model.loss
 
     def step() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss, _ = model.loss(batch)
+            loss, _ = loss_of(batch)
         loss.sum().backward()
         return loss.detach().sum()
 
@@ -61,7 +66,16 @@ def make_step(model: torch.nn.Module, batch: dict, amp_dtype: torch.dtype | None
 
 
 def time_rounds(
-    model, batch: dict, amp_dtype, backends: list[str], device: str, rounds: int, steps: int, budget, on_first=None
+    model,
+    batch: dict,
+    amp_dtype,
+    backends: list[str],
+    device: str,
+    rounds: int,
+    steps: int,
+    budget,
+    on_first=None,
+    compiled: bool = False,
 ) -> dict[str, dict]:
     """Per backend: ``{"timing", "peak_mem_mb", "loss", "round_medians"}`` of the best round, or
     ``{"status": "unsupported"|"error", "reason"}``. ``on_first(backend, handle, step)`` runs once per
@@ -69,7 +83,7 @@ def time_rounds(
     import yolo13_attn
 
     results: dict[str, dict] = {}
-    step = make_step(model, batch, amp_dtype)
+    step = make_step(model, batch, amp_dtype, compiled)
     for r in range(rounds):
         active = [b for b in backends if "status" not in results.get(b, {})]
         for backend in active[r % max(1, len(active)) :] + active[: r % max(1, len(active))]:
