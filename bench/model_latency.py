@@ -231,6 +231,8 @@ def run_group(
     """Every backend on one (model, image, dtype): check, kernels per layer, then each case's inference modes."""
     dtype, hw = C.DTYPES[dtype_name], (cases[0].h, cases[0].w)
     model = copy.deepcopy(ref.base).to(device=device, dtype=dtype)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ref.baseline(dtype, dtype, model)  # from the unpatched model, before any patching
     modes = [m for m in args.mode_list if m not in TRAIN_MODES]
     for backend in backends:
@@ -273,6 +275,8 @@ def run_group(
             t0 = time.perf_counter()
             gen = torch.Generator(device=device).manual_seed(case.batch)
             x = torch.rand(case.batch, 3, *hw, generator=gen, device=device).to(dtype)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 rec["errors"] = time_modes(model, x, modes, args, device, kernel_pattern(backend, handle), rec)
             if modes and not rec["timing"]:
@@ -338,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--modes", help=f"comma list of {','.join(MODES)} (default eager,graph; CPU eager; graph modes need CUDA)"
     )
     modes = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="inference modes: model weights and input in channels_last memory format (NHWC convolutions)",
+    )
     p.add_argument(
         "--compile-mode",
         default="default",

@@ -9,7 +9,8 @@ trainer's model itself, so every backend starts from the same weights and sees t
 
 Recorded through Ultralytics callbacks: ``epoch_s`` (``on_train_epoch_start`` -> ``on_train_epoch_end``,
 synchronised; validation excluded; the first epoch - cuDNN/Triton warm-up - is reported apart and
-left out of the median) and the training loss of every step (``trainer.loss_items``: box, cls, dfl).
+left out of the median) and the training loss of every step (``trainer.loss_items``: box, cls, dfl;
+``loss = box + cls + dfl`` in the plot).
 
 Outputs (``--out``): ``train_epochs.csv`` (long format: op = model name, metric ``epoch_s``; a loss row
 per backend: ``final_loss`` = mean of the last 20 steps), ``train_epochs.json`` (every step's losses),
@@ -85,7 +86,8 @@ class Recorder:
         self.epoch_s.append(time.perf_counter() - self._t0)
 
     def batch_end(self, trainer) -> None:
-        self.losses.append([float(x) for x in trainer.loss_items])
+        items = trainer.loss_items  # a dict {name: value} in Ultralytics 8.4, a tensor in older releases
+        self.losses.append([float(x) for x in (items.values() if isinstance(items, dict) else items)])
 
     def attach(self, yolo) -> None:
         yolo.add_callback("on_train_epoch_start", self.epoch_start)

@@ -336,9 +336,14 @@ def _announce(model_name: str, entry: PatchEntry, layers: list) -> None:
             train_key = (device, dt, *_layer_key(layer, kind, training=True)[2:])
             infer, train = plan.plan((device, dt, *rest)), plan.plan(train_key)
             names = [c.backend.name if c.backend else "none" for c in (infer, train)]
+            why = (
+                [infer.basis]
+                if infer.basis == train.basis
+                else [f"inference: {infer.basis}", f"training: {train.basis}"]
+            )
             parts.append(
                 f"{op} x{len(op_layers)} on {device}/{str(dt).removeprefix('torch.')} -> {names[0]} (inference), "
-                f"{names[1]} (training) [{train.basis or infer.basis}]"
+                f"{names[1]} (training) [{'; '.join(why)}]"
             )
     if parts:
         LOGGER.info("auto patched %s: %s", model_name, "; ".join(parts))
