@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "area_tiles.cuh"
 
@@ -46,17 +47,12 @@ __global__ void __launch_bounds__(NW * 32) area_attention_fwd_kernel(const FwdPa
   T* sv = sk + 2 * KVTile::ELEMS;   // 2 buffers
 
   const AreaShape& sh = p.shape;
-  const int num_m = (sh.L + BM - 1) / BM;
-  const int pid_m = blockIdx.x % num_m;
-  const int bah = blockIdx.x / num_m;
-  const int h = bah % sh.H, a = (bah / sh.H) % sh.area, b = bah / (sh.H * sh.area);
-  const int64_t chunk = int64_t(a) * sh.L;
-  const int m0 = pid_m * BM;
+  const ChunkBlock cb = chunk_block(sh, BM);
+  const int m0 = cb.blk * BM;
   const int m_valid = min(BM, sh.L - m0);
-
-  const T* qb = p.q.ptr + b * p.q.sb + h * p.q.sh + chunk * p.q.sn;
-  const T* kb = p.k.ptr + b * p.k.sb + h * p.k.sh + chunk * p.k.sn;
-  const T* vb = p.v.ptr + b * p.v.sb + h * p.v.sh + chunk * p.v.sn;
+  const T* qb = p.q.at(cb);
+  const T* kb = p.k.at(cb);
+  const T* vb = p.v.at(cb);
 
   load_tile<T, BM, D, TD, NT>(sq, qb, p.q.sd, p.q.sn, p.q.vec, m0, m_valid);
   load_tile<T, BN, D, TD, NT>(sk, kb, p.k.sd, p.k.sn, p.k.vec, 0, min(BN, sh.L));
@@ -118,20 +114,19 @@ __global__ void __launch_bounds__(NW * 32) area_attention_fwd_kernel(const FwdPa
         mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
         mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
       }
-      float alpha[2], m_scaled[2];
+      float alpha[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float m_new = fmaxf(m_i[r], quad_max(mx[r]) * p.qk_scale);
         alpha[r] = fast_exp2(m_i[r] - m_new);
         m_i[r] = m_new;
-        m_scaled[r] = m_new;
       }
       float rs[2] = {0.f, 0.f};
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[nt][e] = fast_exp2(fmaf(s[nt][e], p.qk_scale, -m_scaled[e / 2]));
+          s[nt][e] = fast_exp2(fmaf(s[nt][e], p.qk_scale, -m_i[e / 2]));
           rs[e / 2] += s[nt][e];
         }
       }
@@ -166,22 +161,19 @@ __global__ void __launch_bounds__(NW * 32) area_attention_fwd_kernel(const FwdPa
     stage_rows<T, BM, D>(so, acc, r0, 1.f / l0, 1.f / l1);
     const int g = lane / 4;
     if (c == 0) {
-      float* lse = p.lse + (int64_t(b) * sh.H + h) * sh.N + chunk + m0;
+      float* lse = p.lse + (int64_t(cb.b) * sh.H + cb.h) * sh.N + cb.chunk + m0;
       if (r0 + g < m_valid) lse[r0 + g] = m_i[0] + __log2f(l0);
       if (r0 + g + 8 < m_valid) lse[r0 + g + 8] = m_i[1] + __log2f(l1);
     }
   }
   __syncthreads();
-  T* ob = p.o + (int64_t(b) * sh.H + h) * D * sh.N + chunk + m0;
+  T* ob = p.o + (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk + m0;
   store_tile<T, BM, D, NT>(ob, so, sh.N, m_valid, p.vec_out);
 }
 
 template <typename T, int D, int NW, bool TD>
 void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
-  const int num_m = (p.shape.L + 16 * NW - 1) / (16 * NW);
-  const int64_t blocks = int64_t(num_m) * p.shape.area * p.shape.H * p.shape.B;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "yolo13_attn cuda area attention: too many blocks");
-  area_attention_fwd_kernel<T, D, NW, TD><<<static_cast<unsigned>(blocks), NW * 32, 0, stream>>>(p);
+  area_attention_fwd_kernel<T, D, NW, TD><<<grid_size(p.shape, 16 * NW), NW * 32, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -198,10 +190,11 @@ void run_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::
                  static_cast<float>(scale * 1.4426950408889634),
                  shape.N % 8 == 0 && shape.L % 8 == 0};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  static const bool eight = std::getenv("YOLO13_TUNE_FWD_WARPS8") != nullptr;
   if (td) {
-    launch_fwd<T, 32, 4, true>(p, stream);
+    eight ? launch_fwd<T, 32, 8, true>(p, stream) : launch_fwd<T, 32, 4, true>(p, stream);
   } else {
-    launch_fwd<T, 32, 4, false>(p, stream);
+    eight ? launch_fwd<T, 32, 8, false>(p, stream) : launch_fwd<T, 32, 4, false>(p, stream);
   }
 }
 

@@ -19,6 +19,32 @@
 
 namespace yolo13_attn {
 
+// The shapes of one launch: L = N / area tokens per chunk (area strips never mix).
+struct AreaShape {
+  int B, H, N, L, area;
+};
+
+// The (batch, chunk, head) and the block of `rows` tokens inside that chunk that this thread block owns: a
+// 1-D grid with the blocks of one (batch, chunk, head) next to each other, so their shared K/V meet in L2.
+struct ChunkBlock {
+  int b, h, blk;
+  int64_t chunk;  // the chunk's first token
+};
+
+__device__ __forceinline__ ChunkBlock chunk_block(const AreaShape& sh, int rows) {
+  const int per_chunk = (sh.L + rows - 1) / rows;
+  const int bah = blockIdx.x / per_chunk;
+  const int a = (bah / sh.H) % sh.area;
+  return ChunkBlock{bah / (sh.H * sh.area), bah % sh.H, static_cast<int>(blockIdx.x % per_chunk),
+                    int64_t(a) * sh.L};
+}
+
+inline unsigned grid_size(const AreaShape& sh, int rows) {
+  const int64_t blocks = int64_t((sh.L + rows - 1) / rows) * sh.area * sh.H * sh.B;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "yolo13_attn cuda area attention: too many blocks (", blocks, ")");
+  return static_cast<unsigned>(blocks);
+}
+
 // One (B, heads, head_dim, N) operand: data pointer, strides in elements, and whether the 16-byte
 // copies are valid for the tile layout of the launch.
 template <typename T>
@@ -26,11 +52,11 @@ struct Bhdn {
   const T* ptr;
   int64_t sb, sh, sd, sn;
   bool vec;
-};
 
-// The shapes of one launch: L = N / area tokens per chunk (area strips never mix).
-struct AreaShape {
-  int B, H, N, L, area;
+  // The first token of `chunk` in batch b, head h.
+  __device__ __forceinline__ const T* at(const ChunkBlock& cb) const {
+    return ptr + cb.b * sb + cb.h * sh + cb.chunk * sn;
+  }
 };
 
 template <int ROWS, int D, bool TD>
