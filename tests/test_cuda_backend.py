@@ -131,7 +131,7 @@ def poisoned_call(fn, *args):
 def _lse64(q, k, area, scale):
     """Base-2 log-sum-exp of the scaled logits per query, float64, (B, heads, N)."""
     b, h, d, n = q.shape
-    qa, ka = (t.double().unflatten(3, (area, n // area)).transpose(-1, -2) for t in (q, k))  # (B, h, area, L, d)
+    qa, ka = (t.double().unflatten(3, (area, n // area)).permute(0, 1, 3, 4, 2) for t in (q, k))  # (B, h, area, L, d)
     logits = qa @ ka.transpose(-1, -2) * scale
     return (torch.logsumexp(logits, dim=-1) / torch.log(torch.tensor(2.0, dtype=torch.float64))).flatten(2)
 
