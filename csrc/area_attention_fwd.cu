@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "area_tiles.cuh"
@@ -77,13 +78,22 @@ __device__ __forceinline__ void attend_block(RowState<D>& st, const uint32_t (&q
       }
     }
   }
-  // every block holds >= 1 valid key, so the new maxima are finite
-  float mx[2] = {-INFINITY, -INFINITY};
+  // every block holds >= 1 valid key, so the new maxima are finite; a tree, not a chain of dependent fmaxf
+  float mt[2][BN / 8];
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) {
-    mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    mt[0][nt] = fmaxf(s[nt][0], s[nt][1]);
+    mt[1][nt] = fmaxf(s[nt][2], s[nt][3]);
   }
+#pragma unroll
+  for (int width = BN / 16; width >= 1; width /= 2) {
+#pragma unroll
+    for (int i = 0; i < width; ++i) {
+      mt[0][i] = fmaxf(mt[0][i], mt[0][i + width]);
+      mt[1][i] = fmaxf(mt[1][i], mt[1][i + width]);
+    }
+  }
+  const float mx[2] = {mt[0][0], mt[1][0]};
   float alpha[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -91,17 +101,17 @@ __device__ __forceinline__ void attend_block(RowState<D>& st, const uint32_t (&q
     alpha[r] = fast_exp2(st.m[r] - m_new);
     st.m[r] = m_new;
   }
-  float rs[2] = {0.f, 0.f};
+  float rs[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // [row][even / odd column]: two short chains per row
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[nt][e] = fast_exp2(fmaf(s[nt][e], qk_scale, -st.m[e / 2]));
-      rs[e / 2] += s[nt][e];
+      rs[e / 2][e & 1] += s[nt][e];
     }
   }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) st.l[r] = st.l[r] * alpha[r] + rs[r];
+  for (int r = 0; r < 2; ++r) st.l[r] = st.l[r] * alpha[r] + (rs[r][0] + rs[r][1]);
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) {
     st.acc[dt][0] *= alpha[0];
@@ -136,12 +146,13 @@ __device__ __forceinline__ void finish_rows(const RowState<D>& st, T* stage, int
   }
 }
 
-// Chunks of <= kResidentRows tokens: one block per (batch, chunk, head) copies the chunk's K and V into shared
-// memory once; each warp then takes groups of 16 query rows (g = warp, warp + warps, ...), double-buffering its
-// own Q tiles and staging its own outputs, with no block-wide barrier after the K/V copy.
+// Chunks of <= kResidentRows tokens: `splits` blocks per (batch, chunk, head) each copy the chunk's K and V into
+// shared memory once; block `split` owns the chunk's 16-row query groups split, split + splits, ..., and its warps
+// take every warps-th of those, double-buffering their own Q tiles and staging their own outputs, with no
+// block-wide barrier after the K/V copy. (splits > 1 only when there are too few chunks to fill the GPU.)
 template <typename T, int D, bool TD>
 __global__ void __launch_bounds__(kMaxWarps * 32, 2) area_attention_fwd_resident_kernel(const FwdParams<T> p,
-                                                                                        int rows) {
+                                                                                        int rows, int splits) {
   constexpr int WBUF = TileLayout<16, D, TD>::ELEMS > TileLayout<16, D, false>::ELEMS
                            ? TileLayout<16, D, TD>::ELEMS
                            : TileLayout<16, D, false>::ELEMS;
@@ -155,13 +166,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) area_attention_fwd_resident
   T* wbuf = sv + kv_elems + warp * 2 * WBUF;
 
   const AreaShape& sh = p.shape;
-  const ChunkBlock cb = chunk_block(sh, sh.L);
+  const int split = blockIdx.x % splits;
+  const ChunkBlock cb = chunk_block(sh, sh.L, blockIdx.x / splits);
   const T* qb = p.q.at(cb);
   load_tile<T, D, TD>(sk, pitch, rows, p.k.at(cb), p.k.sd, p.k.sn, p.k.vec, 0, sh.L, threadIdx.x, blockDim.x);
   load_tile<T, D, TD>(sv, pitch, rows, p.v.at(cb), p.v.sd, p.v.sn, p.v.vec, 0, sh.L, threadIdx.x, blockDim.x);
   const int groups = (sh.L + 15) / 16;
-  if (warp < groups) {
-    load_tile<T, D, TD>(wbuf, QPITCH, 16, qb, p.q.sd, p.q.sn, p.q.vec, warp * 16, min(16, sh.L - warp * 16), lane,
+  const int stride = warps * splits;  // between one warp's consecutive groups
+  const int first = split + warp * splits;
+  if (first < groups) {
+    load_tile<T, D, TD>(wbuf, QPITCH, 16, qb, p.q.sd, p.q.sn, p.q.vec, first * 16, min(16, sh.L - first * 16), lane,
                         32);
   }
   cp_async_commit();
@@ -171,9 +185,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) area_attention_fwd_resident
   const int64_t row0 = (int64_t(cb.b) * sh.H + cb.h) * sh.N + cb.chunk;  // this chunk in lse
   T* ob = p.o + (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk;
   RowState<D> st;
-  for (int it = 0, g = warp; g < groups; ++it, g += warps) {
+  for (int it = 0, g = first; g < groups; ++it, g += stride) {
     T* cur = wbuf + (it & 1) * WBUF;
-    const int next = g + warps;
+    const int next = g + stride;
     if (next < groups) {
       load_tile<T, D, TD>(wbuf + ((it + 1) & 1) * WBUF, QPITCH, 16, qb, p.q.sd, p.q.sn, p.q.vec, next * 16,
                           min(16, sh.L - next * 16), lane, 32);
@@ -268,9 +282,19 @@ inline int resident_warps(int groups) {
   return best;
 }
 
+// Streaming multiprocessors of the current device (cached per device; no stream work, capture-safe).
+inline int sm_count() {
+  static int counts[64] = {0};
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  int& n = counts[device % 64];
+  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
 template <typename T, int D, bool TD>
 void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
-  const int rows = (p.shape.L + kBlockN - 1) / kBlockN * kBlockN;
+  const int rows = (p.shape.L + 15) / 16 * 16;  // a pitch of rows + 8 keeps ldmatrix conflict-free
   if (rows > kResidentRows) {
     area_attention_fwd_stream_kernel<T, D, 4, TD><<<grid_size(p.shape, 64), 128, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -290,9 +314,13 @@ void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
     return true;
   }();
   (void)configured;
-  const int warps = resident_warps((p.shape.L + 15) / 16);
-  area_attention_fwd_resident_kernel<T, D, TD>
-      <<<grid_size(p.shape, p.shape.L), warps * 32, smem_bytes(rows, warps), stream>>>(p, rows);
+  // split a chunk's query groups over several blocks when the chunks alone would leave SMs idle
+  const int groups = rows / 16;
+  const int64_t chunks = int64_t(p.shape.B) * p.shape.area * p.shape.H;
+  const int splits = static_cast<int>(std::min<int64_t>(groups, (3 * sm_count() + chunks - 1) / chunks));
+  const int warps = resident_warps((groups + splits - 1) / splits);
+  const unsigned blocks = grid_size(p.shape, p.shape.L) * static_cast<unsigned>(splits);
+  area_attention_fwd_resident_kernel<T, D, TD><<<blocks, warps * 32, smem_bytes(rows, warps), stream>>>(p, rows, splits);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -31,12 +31,11 @@ struct ChunkBlock {
   int64_t chunk;  // the chunk's first token
 };
 
-__device__ __forceinline__ ChunkBlock chunk_block(const AreaShape& sh, int rows) {
+__device__ __forceinline__ ChunkBlock chunk_block(const AreaShape& sh, int rows, unsigned block = blockIdx.x) {
   const int per_chunk = (sh.L + rows - 1) / rows;
-  const int bah = blockIdx.x / per_chunk;
+  const int bah = block / per_chunk;
   const int a = (bah / sh.H) % sh.area;
-  return ChunkBlock{bah / (sh.H * sh.area), bah % sh.H, static_cast<int>(blockIdx.x % per_chunk),
-                    int64_t(a) * sh.L};
+  return ChunkBlock{bah / (sh.H * sh.area), bah % sh.H, static_cast<int>(block % per_chunk), int64_t(a) * sh.L};
 }
 
 inline unsigned grid_size(const AreaShape& sh, int rows) {
