@@ -16,6 +16,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include "area_tiles.cuh"
 
@@ -38,22 +41,35 @@ struct FwdParams {
 
 // A warp's running state for its 16 query rows: the output accumulator and, per row (g and g + 8 of the
 // quad), the running max of the base-2 scaled logits and this lane's part of the running sum.
+// With half-precision exponentials (EXP16) the row sums come from the tensor cores instead: lt is the C fragment
+// of P times a ones matrix, so lt[0] / lt[2] hold the complete sums of rows g / g + 8.
 template <int D>
 struct RowState {
   float acc[D / 8][4];
   float m[2], l[2];
+  float lt[4];
 
   __device__ __forceinline__ void reset() {
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.f;
+    lt[0] = lt[1] = lt[2] = lt[3] = 0.f;
   }
 };
 
+// exp2 of two packed halves in one MUFU operation.
+__device__ __forceinline__ uint32_t exp2_half2(uint32_t x) {
+  uint32_t y;
+  asm("ex2.approx.f16x2 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 // Fold keys [n0, n0 + n_valid) (n_valid <= 64) of the K/V tiles into a warp's state: S = Q K^T on the tensor
 // cores, online softmax in exp2 (whole 16-key steps past n_valid skipped, single keys masked), O += P V.
-template <typename T, int D, bool TD>
+// EXP16 (float16 only): the exponentials of the max-subtracted fp32 logits are taken on packed halves - P is
+// rounded to half for the P V product anyway - and the row sums are P times ones on the tensor cores.
+template <typename T, int D, bool TD, bool EXP16 = false>
 __device__ __forceinline__ void attend_block(RowState<D>& st, const uint32_t (&qf)[D / 16][4], const T* sk,
                                              const T* sv, int pitch, int n0, int n_valid, float qk_scale) {
   constexpr int BN = kBlockN;
@@ -101,6 +117,39 @@ __device__ __forceinline__ void attend_block(RowState<D>& st, const uint32_t (&q
     alpha[r] = fast_exp2(st.m[r] - m_new);
     st.m[r] = m_new;
   }
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    st.acc[dt][0] *= alpha[0];
+    st.acc[dt][1] *= alpha[0];
+    st.acc[dt][2] *= alpha[1];
+    st.acc[dt][3] *= alpha[1];
+  }
+  if constexpr (EXP16) {
+    static_assert(std::is_same_v<T, __half>, "half-precision exponentials feed a float16 P V product");
+    const uint32_t ones[2] = {pack2<T>(1.f, 1.f), pack2<T>(1.f, 1.f)};
+    st.lt[0] *= alpha[0];
+    st.lt[1] *= alpha[0];
+    st.lt[2] *= alpha[1];
+    st.lt[3] *= alpha[1];
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) {
+      if (t * 16 < n_valid) {
+        uint32_t pf[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // a0..a3 = rows g / g + 8 of n8 tiles 2t and 2t + 1
+          const float* x = s[2 * t + i / 2] + 2 * (i % 2);
+          const float m = st.m[i % 2];
+          pf[i] = exp2_half2(pack2<T>(fmaf(x[0], qk_scale, -m), fmaf(x[1], qk_scale, -m)));
+        }
+        mma_16816<T>(st.lt, pf, ones);
+        uint32_t vf[D / 8][2];
+        load_b_tokens_k<T, D, TD>(vf, sv, pitch, n0 + t * 16);
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) mma_16816<T>(st.acc[dt], pf, vf[dt]);
+      }
+    }
+    return;
+  }
   float rs[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // [row][even / odd column]: two short chains per row
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) {
@@ -112,13 +161,6 @@ __device__ __forceinline__ void attend_block(RowState<D>& st, const uint32_t (&q
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) st.l[r] = st.l[r] * alpha[r] + (rs[r][0] + rs[r][1]);
-#pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) {
-    st.acc[dt][0] *= alpha[0];
-    st.acc[dt][1] *= alpha[0];
-    st.acc[dt][2] *= alpha[1];
-    st.acc[dt][3] *= alpha[1];
-  }
 #pragma unroll
   for (int t = 0; t < BN / 16; ++t) {
     if (t * 16 < n_valid) {
@@ -134,11 +176,11 @@ __device__ __forceinline__ void attend_block(RowState<D>& st, const uint32_t (&q
 
 // Normalise a warp's 16 rows into a DT staging tile (rows r0.. of pitch `pitch`) and store the lse of the rows
 // below `valid` (lse: this tile's first token).
-template <typename T, int D>
+template <typename T, int D, bool EXP16 = false>
 __device__ __forceinline__ void finish_rows(const RowState<D>& st, T* stage, int pitch, int r0, float* lse,
                                             int valid) {
   const int lane = threadIdx.x % 32, g = lane / 4;
-  const float l0 = quad_sum(st.l[0]), l1 = quad_sum(st.l[1]);
+  const float l0 = EXP16 ? st.lt[0] : quad_sum(st.l[0]), l1 = EXP16 ? st.lt[2] : quad_sum(st.l[1]);
   stage_rows<T, D>(stage, pitch, st.acc, r0, 1.f / l0, 1.f / l1);
   if (lane % 4 == 0) {
     if (r0 + g < valid) lse[r0 + g] = st.m[0] + __log2f(l0);
@@ -150,7 +192,7 @@ __device__ __forceinline__ void finish_rows(const RowState<D>& st, T* stage, int
 // shared memory once; block `split` owns the chunk's 16-row query groups split, split + splits, ..., and its warps
 // take every warps-th of those, double-buffering their own Q tiles and staging their own outputs, with no
 // block-wide barrier after the K/V copy. (splits > 1 only when there are too few chunks to fill the GPU.)
-template <typename T, int D, bool TD>
+template <typename T, int D, bool TD, bool EXP16>
 __global__ void __launch_bounds__(kMaxWarps * 32, 2) area_attention_fwd_resident_kernel(const FwdParams<T> p,
                                                                                         int rows, int splits) {
   constexpr int WBUF = TileLayout<16, D, TD>::ELEMS > TileLayout<16, D, false>::ELEMS
@@ -199,11 +241,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 2) area_attention_fwd_resident
     load_a_rows<T, D, TD>(qf, cur, QPITCH, 0);
     st.reset();
     for (int n0 = 0; n0 < sh.L; n0 += kBlockN) {
-      attend_block<T, D, TD>(st, qf, sk, sv, pitch, n0, min(kBlockN, sh.L - n0), p.qk_scale);
+      attend_block<T, D, TD, EXP16>(st, qf, sk, sv, pitch, n0, min(kBlockN, sh.L - n0), p.qk_scale);
     }
     const int valid = min(16, sh.L - g * 16);
     __syncwarp();
-    finish_rows<T, D>(st, cur, OPITCH, 0, p.lse + row0 + g * 16, valid);
+    finish_rows<T, D, EXP16>(st, cur, OPITCH, 0, p.lse + row0 + g * 16, valid);
     __syncwarp();
     store_tile<T, D>(ob + g * 16, cur, OPITCH, 16, sh.N, valid, p.vec_out, lane, 32);
     __syncwarp();
@@ -292,14 +334,8 @@ inline int sm_count() {
   return n;
 }
 
-template <typename T, int D, bool TD>
-void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
-  const int rows = (p.shape.L + 15) / 16 * 16;  // a pitch of rows + 8 keeps ldmatrix conflict-free
-  if (rows > kResidentRows) {
-    area_attention_fwd_stream_kernel<T, D, 4, TD><<<grid_size(p.shape, 64), 128, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
+template <typename T, int D, bool TD, bool EXP16>
+void launch_resident(const FwdParams<T>& p, int rows, cudaStream_t stream) {
   constexpr int WBUF = TileLayout<16, D, TD>::ELEMS > TileLayout<16, D, false>::ELEMS
                            ? TileLayout<16, D, TD>::ELEMS
                            : TileLayout<16, D, false>::ELEMS;
@@ -307,10 +343,10 @@ void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
     const int kv = TD ? r * (D + 8) : D * (r + 8);
     return static_cast<int>((2 * kv + warps * 2 * WBUF) * sizeof(T));
   };
+  auto kernel = area_attention_fwd_resident_kernel<T, D, TD, EXP16>;
   static const bool configured = [&] {  // allow the largest resident configuration, once per instantiation
-    C10_CUDA_CHECK(cudaFuncSetAttribute(area_attention_fwd_resident_kernel<T, D, TD>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        smem_bytes(kResidentRows, kMaxWarps)));
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes(kResidentRows, kMaxWarps)));
     return true;
   }();
   (void)configured;
@@ -320,8 +356,30 @@ void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
   const int splits = static_cast<int>(std::min<int64_t>(groups, (3 * sm_count() + chunks - 1) / chunks));
   const int warps = resident_warps((groups + splits - 1) / splits);
   const unsigned blocks = grid_size(p.shape, p.shape.L) * static_cast<unsigned>(splits);
-  area_attention_fwd_resident_kernel<T, D, TD><<<blocks, warps * 32, smem_bytes(rows, warps), stream>>>(p, rows, splits);
+  kernel<<<blocks, warps * 32, smem_bytes(rows, warps), stream>>>(p, rows, splits);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Half-precision exponentials for float16 (see attend_block): on unless YOLO13_ATTN_CUDA_EXP16=0.
+inline bool exp16_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("YOLO13_ATTN_CUDA_EXP16");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  return enabled;
+}
+
+template <typename T, int D, bool TD>
+void launch_fwd(const FwdParams<T>& p, cudaStream_t stream) {
+  const int rows = (p.shape.L + 15) / 16 * 16;  // a pitch of rows + 8 keeps ldmatrix conflict-free
+  if (rows > kResidentRows) {
+    area_attention_fwd_stream_kernel<T, D, 4, TD><<<grid_size(p.shape, 64), 128, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if constexpr (std::is_same_v<T, __half>) {
+    exp16_enabled() ? launch_resident<T, D, TD, true>(p, rows, stream) : launch_resident<T, D, TD, false>(p, rows, stream);
+  } else {
+    launch_resident<T, D, TD, false>(p, rows, stream);
+  }
 }
 
 template <typename T>
