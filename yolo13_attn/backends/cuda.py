@@ -84,7 +84,8 @@ HYPERGRAPH_MODULE = "yolo13_attn.cuda_ops.hypergraph"
 @register
 class CudaHypergraph(_CudaDeclaration, HypergraphBackend):
     """Served by ``yolo13_attn/cuda_ops/hypergraph.py`` (``hypergraph_aggregate``, ``hypergraph_scatter`` with the
-    signatures of ``triton_ops/hypergraph.py``, and ``ensure_loaded()``); unavailable while that module is absent."""
+    signatures of ``triton_ops/hypergraph.py``; optionally ``ensure_loaded()``, called at patch time after the
+    extension is loaded); unavailable while that module is absent."""
 
     min_head_dim = 16
     max_head_dim = 512
@@ -101,9 +102,11 @@ class CudaHypergraph(_CudaDeclaration, HypergraphBackend):
 
     @classmethod
     def _ensure_loaded(cls) -> None:
-        from ..cuda_ops import hypergraph
+        from ..cuda_ops import build, hypergraph
 
-        hypergraph.ensure_loaded()
+        build.load_extension()
+        if hasattr(hypergraph, "ensure_loaded"):  # the module's own Python-side registrations, if it defers them
+            hypergraph.ensure_loaded()
 
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:
