@@ -1,9 +1,9 @@
 """Optional CUDA extension build; everything else is declared in pyproject.toml.
 
-The CUDA C++ kernels of ``csrc/`` are compiled into ``yolo13_attn._C`` only when asked for
-(``YOLO13_ATTN_BUILD_CUDA=1``), a CUDA toolkit is found and ``csrc/`` holds sources. Otherwise
-nothing is compiled and the install is pure Python (the ``cuda`` backend then reports itself as
-not built).
+The CUDA C++ kernels of ``csrc/`` are compiled (with ninja) into ``yolo13_attn._C`` only when asked for
+(``YOLO13_ATTN_BUILD_CUDA=1``), for sm80 and sm90 (``YOLO13_ATTN_CUDA_ARCHS=80;90;...`` to change).
+Otherwise nothing is compiled and the install is pure Python: the ``cuda`` backend then compiles the
+shipped sources just in time for the GPU it runs on (``yolo13_attn/cuda_ops/build.py``).
 """
 
 import os
@@ -22,15 +22,18 @@ def cuda_extensions() -> tuple[list, dict]:
         raise RuntimeError(
             "YOLO13_ATTN_BUILD_CUDA=1 but no CUDA toolkit found: set CUDA_HOME to the folder holding bin/nvcc"
         )
+    archs = os.environ.get("YOLO13_ATTN_CUDA_ARCHS", "80;90").split(";")
     extension = CUDAExtension(
         "yolo13_attn._C",
         sources,
         extra_compile_args={
             "cxx": ["-O3"],
-            "nvcc": ["-O3", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_80,code=sm_80"],
+            # the flags of the just-in-time build (yolo13_attn/cuda_ops/build.py), one -gencode per architecture
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]
+            + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs if a.strip()],
         },
     )
-    return [extension], {"build_ext": BuildExtension}
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = cuda_extensions()

@@ -31,6 +31,7 @@ def _version(package: str) -> str:
 def environment() -> dict[str, str]:
     """Versions and the GPU, as recorded in reports and benchmark results."""
     from .backends.flash import flash_implementation
+    from .cuda_ops.build import build_info
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
@@ -43,6 +44,7 @@ def environment() -> dict[str, str]:
         "cuda (torch build)": str(torch.version.cuda),
         "gpu": gpu,
         "flash backend uses": flash_implementation(),
+        "cuda extension": build_info(),
     }
 
 

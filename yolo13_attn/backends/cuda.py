@@ -1,12 +1,18 @@
-"""``cuda``: the CUDA C++ kernels of ``csrc/``, built by ``setup.py`` into ``yolo13_attn._C``.
+"""``cuda``: the CUDA C++ kernels of ``csrc/`` (``yolo13_attn.cuda_ops``).
 
-Registered so that the registry, ``auto`` and ``info`` know the slot; until the extension is built
-(``YOLO13_ATTN_BUILD_CUDA=1 pip install .``) every call is refused with that reason.
+The kernels come prebuilt (``YOLO13_ATTN_BUILD_CUDA=1 pip install .`` builds ``yolo13_attn._C``) or are
+compiled just in time for the current GPU when ``patch()`` prepares a layer for this backend (cached; see
+``cuda_ops/build.py``). Availability is answered without building: a CUDA device, and either the prebuilt
+module or a compiler (nvcc via ``CUDA_HOME``, ninja). The ops are ``torch.library`` custom ops with fake
+implementations and autograd, so patched models compile with ``torch.compile`` and capture into CUDA graphs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+
+import torch
+from torch import Tensor
 
 from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
 from .registry import register
@@ -15,24 +21,105 @@ from .registry import register
 class _CudaDeclaration:
     name = "cuda"
     devices = frozenset({"cuda"})
+    dtypes = frozenset({torch.float16, torch.bfloat16})
+    # after triton: measured slower than triton on 62 of 63 area shapes, faster than FA2 on 58
+    # (bench/results/nvidia-h100-80gb-hbm3-2026-11-25/cuda)
     priority = compiled_priority = 20
+    deterministic = True  # no atomics: dq has its own kernel
 
     @classmethod
     def availability_reasons(cls) -> list[str]:
-        if importlib.util.find_spec("yolo13_attn._C") is None:
-            return ["CUDA extension yolo13_attn._C not built yet (csrc/ holds no kernels for this op yet)"]
-        return []
+        from ..cuda_ops import build
+
+        return build.availability_reasons()
 
     @classmethod
-    def plan(cls, call: OpCall) -> KernelPlan:
-        return KernelPlan("yolo13_attn._C", call.dtype)
+    def prepare(cls, call: OpCall) -> None:
+        if call.device_type == "cuda" and not cls.not_supported_reasons(call):
+            cls._ensure_loaded()
+
+    @classmethod
+    def _ensure_loaded(cls) -> None:
+        raise NotImplementedError
 
 
 @register
 class CudaAreaAttention(_CudaDeclaration, AreaAttentionBackend):
-    description = "hand-written CUDA C++ (csrc/): not built yet"
+    min_head_dim = max_head_dim = 32  # all of YOLOv13's area-attention layers; the only width compiled
+    supports_backward = True
+    description = (
+        "CUDA C++ area attention (csrc/area_attention_*.cu): reads the strided channel-major (B, heads, 32, N) "
+        "q/k/v in place (16-byte cp.async where the strides allow); chunks <= 640 tokens keep their K/V in "
+        "shared memory, longer ones stream it; online softmax in exp2, mma.sync m16n8k16 tensor cores (sm80 "
+        "instructions, also run on sm90) with fp32 accumulation; FA2-style backward (delta, dk/dv and dq "
+        "kernels, no atomics)"
+    )
+
+    @classmethod
+    def _ensure_loaded(cls) -> None:
+        from ..cuda_ops import area
+
+        area.ensure_loaded()
+
+    @classmethod
+    def plan(cls, call: OpCall) -> KernelPlan:
+        kernel = "cuda area_attention_fwd_{resident,stream}_kernel" + (
+            " + delta/dkdv/dq kernels" if call.requires_grad else ""
+        )
+        note = "fp32 accumulation and softmax maxima; mma.sync (sm80 instructions, also on sm90)"
+        if call.dtype == torch.float16:
+            note += "; exponentials on packed halves unless YOLO13_ATTN_CUDA_EXP16=0"
+        return KernelPlan(kernel, call.dtype, note)
+
+    @classmethod
+    def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
+        from ..cuda_ops import area as ops
+
+        return ops.area_attention(q, k, v, area, scale)
+
+
+HYPERGRAPH_MODULE = "yolo13_attn.cuda_ops.hypergraph"
 
 
 @register
 class CudaHypergraph(_CudaDeclaration, HypergraphBackend):
-    description = "hand-written CUDA C++ (csrc/): not built yet"
+    """Served by ``yolo13_attn/cuda_ops/hypergraph.py`` (``hypergraph_aggregate``, ``hypergraph_scatter`` with the
+    signatures of ``triton_ops/hypergraph.py``; optionally ``ensure_loaded()``, called at patch time after the
+    extension is loaded); unavailable while that module is absent."""
+
+    min_head_dim = 16
+    max_head_dim = 512
+    head_dim_multiple = 8
+    supports_backward = False
+    supports_dropout_mask = True
+    description = "CUDA C++ hypergraph aggregation and scatter (csrc/hypergraph_*.cu), forward only"
+
+    @classmethod
+    def availability_reasons(cls) -> list[str]:
+        if importlib.util.find_spec(HYPERGRAPH_MODULE) is None:
+            return ["this build has no CUDA hypergraph kernels (yolo13_attn/cuda_ops/hypergraph.py missing)"]
+        return super().availability_reasons()
+
+    @classmethod
+    def _ensure_loaded(cls) -> None:
+        from ..cuda_ops import build, hypergraph
+
+        build.load_extension()
+        if hasattr(hypergraph, "ensure_loaded"):  # the module's own Python-side registrations, if it defers them
+            hypergraph.ensure_loaded()
+
+    @classmethod
+    def plan(cls, call: OpCall) -> KernelPlan:
+        return KernelPlan("cuda hypergraph_aggregate / hypergraph_scatter", call.dtype, "fp32 accumulation")
+
+    @classmethod
+    def aggregate(cls, x, xp, prototypes, scale, dropout_mask):
+        from ..cuda_ops import hypergraph
+
+        return hypergraph.hypergraph_aggregate(x, xp, prototypes, scale, dropout_mask)
+
+    @classmethod
+    def scatter(cls, xp, prototypes, lse, he, scale, dropout_mask):
+        from ..cuda_ops import hypergraph
+
+        return hypergraph.hypergraph_scatter(xp, prototypes, lse, he, scale, dropout_mask)
