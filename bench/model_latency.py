@@ -292,6 +292,9 @@ def run_train(case: Case, dtype_name: str, backends, args, device, budget, recor
     per backend."""
     model = train_step.build_train_model(case.scale, args.seed, device)
     batch = train_step.random_batch(case.batch, (case.h, case.w), model.model[-1].nc, device, args.seed)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
     key = (f"yolov13{case.scale}", case.imgsz, dtype_name, case.batch)
     mine = {r["backend"]: r for r in records if R.key(r) == key}
 
@@ -345,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channels-last",
         action="store_true",
-        help="inference modes: model weights and input in channels_last memory format (NHWC convolutions)",
+        help="model weights and input images in channels_last memory format (NHWC convolutions, no layout transforms)",
     )
     p.add_argument(
         "--compile-mode",
