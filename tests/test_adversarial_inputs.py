@@ -500,7 +500,7 @@ def test_info_and_readme_state_the_registry_priority(capsys):
     out = capsys.readouterr().out
     for op, order in ((op, priority(op)) for op in (AREA, HYPERGRAPH)):
         stated = " > ".join(order)
-        assert f"{op} backends, auto priority {stated}:" in out
+        assert f"{op} backends, declared priority (auto's order where nothing was measured) {stated}:" in out
         assert f"{op}: {stated}" in README, f"README's auto row disagrees with priority({op!r})"
 
 

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 CSV_COLUMNS = ["op", "backend", "shape", "dtype", "batch", "metric", "median", "p20", "p80"]
 CSV_COLUMNS += ["device", "versions", "date"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: every op of the sweep, the training ops (forward + backward) included
+KERNEL_SWEEP_OPS = ("area_core", "area_layer", "hg_core", "hg_layer", "area_core_train", "hg_core_train")
 SCRIPTS = {"kernel_sweep": ["--cpu", "--flash-impls", "fa4,torch"], "model_latency": ["--cpu"]}
 MODES_FLAGS = ["--cpu", "--modes", "compiled,train_step", "--compile-backend", "eager", "--cases", "n:2:64"]
 MODES_FLAGS += ["--backends", "naive,sdpa", "--rounds", "2", "--steps", "2"]
@@ -111,13 +113,13 @@ def test_bench_outputs_json_keys(results, script):
     for rec in ok:
         assert rec["check"]["pass"] is True
         if script == "kernel_sweep":
-            assert rec["op"] in ("area_core", "area_layer", "hg_core", "hg_layer")
+            assert rec["op"] in KERNEL_SWEEP_OPS
             assert rec["timing"]["median"] > 0 and rec["bytes"] > 0 and rec["flops"] > 0
         else:
             assert rec["timing"]["eager"]["median"] > 0
             assert rec["kernels"], "no per-layer kernel listing"
     if script == "kernel_sweep":
-        assert {r["op"] for r in data["configs"]} == {"area_core", "area_layer", "hg_core", "hg_layer"}
+        assert {r["op"] for r in data["configs"]} == set(KERNEL_SWEEP_OPS)
         assert data["formulas"]
         # --flash-impls: a flash:<impl> backend per implementation, skipped (or run) with flash
         skipped = data["skipped_backends"]
