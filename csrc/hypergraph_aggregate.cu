@@ -5,7 +5,8 @@
 //   he[b, m]    = sum_n exp(logit[n, m] - lse[b, m]) * x[b, n]
 //
 // Attention with the M <= 16 prototypes as queries, xp as keys and x as values, softmax over the N vertices.
-// B * M rows cannot fill a GPU, so N is split across blocks (grid (splits, B), B * splits ~ 2x the SM count):
+// B * M rows cannot fill a GPU, so N is split across blocks (grid (splits, B), B * splits ~ one wave of resident
+// blocks):
 //
 // 1. aggregate_kernel: a block of 4 warps runs an online softmax over its split's vertices, 32 per tile, the
 //    tiles of x and xp double-buffered in shared memory by cp.async (16-byte chunks where the layout allows).
@@ -18,6 +19,8 @@
 //    running max / sum go to a float32 workspace.
 // 2. combine_kernel: block (b, m) merges the splits.
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include "hypergraph_common.cuh"
 
@@ -277,15 +280,17 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const AggregateParams
 
 constexpr const char* kOp = "cuda_hypergraph_aggregate";
 
-// Vertices per split: whole tiles, about 2 blocks per SM over the batch (or `forced`, rounded up to a tile).
-int tokens_per_split(int64_t batch, int64_t n, int64_t forced) {
+// Vertices per split: whole tiles, as many splits as fill one wave of resident blocks over the batch (each
+// split costs a float32 partial of M x D in the workspace, so no more), or `forced` rounded up to a tile.
+int tokens_per_split(int64_t batch, int64_t n, int64_t forced, int blocks_per_sm) {
   const int tiles = cdiv(static_cast<int>(n), kTileN);
   if (forced > 0) {
-    return cdiv(static_cast<int>(forced), kTileN) * kTileN;
+    return static_cast<int>(std::min<int64_t>(cdiv(static_cast<int>(std::min<int64_t>(forced, n)), kTileN), tiles)) *
+           kTileN;
   }
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want_splits = std::max<int64_t>(1, (2 * sms + batch - 1) / batch);
-  return cdiv(tiles, static_cast<int>(std::min<int64_t>(want_splits, tiles))) * kTileN;
+  const int64_t slots = int64_t{blocks_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want_splits = std::clamp<int64_t>(slots / batch, 1, tiles);
+  return cdiv(tiles, static_cast<int>(want_splits)) * kTileN;
 }
 
 void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& prototypes, double scale,
@@ -319,8 +324,6 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
     return;
   }
   const bool x_cm = x.stride(1) == 1 && x.stride(2) != 1;
-  const int tps = tokens_per_split(batch, n, forced_tokens_per_split);
-  const int splits = cdiv(static_cast<int>(n), tps);
   AggregateParams a{};
   a.x = bits(x);
   a.xp = bits(xp);
@@ -333,20 +336,24 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
     a.mask_sb = dropout_mask->stride(0), a.mask_sn = dropout_mask->stride(1), a.mask_sm = dropout_mask->stride(2);
   }
   a.n = static_cast<int>(n), a.m = static_cast<int>(m), a.d = static_cast<int>(d);
-  a.tokens_per_split = tps, a.num_splits = splits;
   a.scale_log2 = static_cast<float>(scale) * kLog2e;
   a.x_vec = x_cm ? vectorizable(a.x, a.x_sd, a.x_sn, a.x_sb) : vectorizable(a.x, a.x_sn, a.x_sd, a.x_sb);
   a.xp_vec = vectorizable(a.xp, a.xp_sn, a.xp_sd, a.xp_sb);
   a.p_vec = vectorizable(a.p, a.p_sm, a.p_sd, a.p_sb);
   a.he = reinterpret_cast<uint16_t*>(he.data_ptr());
   a.lse = lse.data_ptr<float>();
-  at::Tensor workspace;
-  if (splits > 1) {  // acc (B, S, M, D), then max and sum (B, S, M) each
-    workspace = at::empty({batch * splits * m * (d + 2)}, x.options().dtype(at::kFloat));
-    a.part_acc = workspace.data_ptr<float>();
-    a.part_max = a.part_acc + batch * splits * m * d;
-    a.part_sum = a.part_max + batch * splits * m;
-  }
+  at::Tensor workspace;  // acc (B, S, M, D), then max and sum (B, S, M) each; kept alive until the launches
+  auto plan = [&](int blocks_per_sm) {
+    a.tokens_per_split = tokens_per_split(batch, n, forced_tokens_per_split, blocks_per_sm);
+    a.num_splits = cdiv(static_cast<int>(n), a.tokens_per_split);
+    if (a.num_splits > 1) {
+      const int64_t s = a.num_splits;
+      workspace = at::empty({batch * s * m * (d + 2)}, x.options().dtype(at::kFloat));
+      a.part_acc = workspace.data_ptr<float>();
+      a.part_max = a.part_acc + batch * s * m * d;
+      a.part_sum = a.part_max + batch * s * m;
+    }
+  };
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_half(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -357,7 +364,10 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
         const size_t smem = AggregateSmem<kWidth, kCm>::kBytes;
         auto kernel = aggregate_kernel<T, kWidth, kCm>;
         set_smem(kernel, smem, kOp);
-        kernel<<<dim3(splits, batch), kThreads, smem, stream>>>(a);
+        int blocks_per_sm = 1;
+        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem));
+        plan(std::max(blocks_per_sm, 1));
+        kernel<<<dim3(a.num_splits, batch), kThreads, smem, stream>>>(a);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (x_cm) {
@@ -366,7 +376,7 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
         launch(std::false_type{});
       }
     });
-    if (splits > 1) {
+    if (a.num_splits > 1) {
       combine_kernel<T><<<batch * m, kThreads, 0, stream>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -383,12 +393,6 @@ std::tuple<at::Tensor, at::Tensor> aggregate(const at::Tensor& x, const at::Tens
   return {he, lse};
 }
 
-void aggregate_out_op(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& prototypes, double scale,
-                      const c10::optional<at::Tensor>& dropout_mask, at::Tensor he, at::Tensor lse,
-                      int64_t tokens_per_split) {
-  aggregate_out(x, xp, prototypes, scale, dropout_mask, he, lse, tokens_per_split);
-}
-
 }  // namespace
 }  // namespace yolo13_attn::hypergraph
 
@@ -403,5 +407,5 @@ TORCH_LIBRARY_FRAGMENT(yolo13_attn, m) {
 
 TORCH_LIBRARY_IMPL(yolo13_attn, CUDA, m) {
   m.impl("cuda_hypergraph_aggregate", &yolo13_attn::hypergraph::aggregate);
-  m.impl("cuda_hypergraph_aggregate_out", &yolo13_attn::hypergraph::aggregate_out_op);
+  m.impl("cuda_hypergraph_aggregate_out", &yolo13_attn::hypergraph::aggregate_out);
 }

@@ -211,11 +211,6 @@ at::Tensor scatter(const at::Tensor& xp, const at::Tensor& prototypes, const at:
   return out;
 }
 
-void scatter_out_op(const at::Tensor& xp, const at::Tensor& prototypes, const at::Tensor& lse, const at::Tensor& he,
-                    double scale, const c10::optional<at::Tensor>& dropout_mask, at::Tensor out) {
-  scatter_out(xp, prototypes, lse, he, scale, dropout_mask, out);
-}
-
 }  // namespace
 }  // namespace yolo13_attn::hypergraph
 
@@ -230,5 +225,5 @@ TORCH_LIBRARY_FRAGMENT(yolo13_attn, m) {
 
 TORCH_LIBRARY_IMPL(yolo13_attn, CUDA, m) {
   m.impl("cuda_hypergraph_scatter", &yolo13_attn::hypergraph::scatter);
-  m.impl("cuda_hypergraph_scatter_out", &yolo13_attn::hypergraph::scatter_out_op);
+  m.impl("cuda_hypergraph_scatter_out", &yolo13_attn::hypergraph::scatter_out);
 }
