@@ -57,21 +57,31 @@ def shape_rows(label: str, b: int, h: int, w: int, d: int, m: int) -> list[str]:
     from yolo13_attn.cuda_ops import hypergraph as cuda_hg
 
     sets, scale = inputs(b, h, w, d, m)
-    lses = [triton_ops.aggregate_forward(x, xp, p, scale)[1] for x, xp, p, _ in sets]
+    scatter_args = [(xp, p, triton_ops.aggregate_forward(x, xp, p, scale)[1], he) for x, xp, p, he in sets]
     n = h * w
     byts = {"aggregate": 2 * b * n * d * 2 + b * m * d * 2, "scatter": 2 * b * n * d * 2 + 2 * b * m * d * 2}
-    impls = {"triton": triton_ops, "cuda": cuda_hg}
     runs = {
-        "aggregate": lambda ops: [ops.aggregate_forward(x, xp, p, scale) for x, xp, p, _ in sets],
-        "scatter": lambda ops: [ops.scatter_forward(xp, p, lse, he, scale) for (_, xp, p, he), lse in zip(sets, lses)],
+        "aggregate": {
+            "triton": lambda: [triton_ops.aggregate_forward(x, xp, p, scale) for x, xp, p, _ in sets],
+            "cuda": lambda: [cuda_hg.aggregate_forward(x, xp, p, scale) for x, xp, p, _ in sets],
+        },
+        "scatter": {
+            "triton": lambda: [triton_ops.scatter_forward(*a, scale) for a in scatter_args],
+            "cuda": lambda: [cuda_hg.scatter_forward(*a, scale) for a in scatter_args],
+        },
     }
+    if d > 128:  # the single-buffered aggregation kernel is built for these widths too
+        runs["aggregate"]["cuda 1-stage"] = lambda: [
+            cuda_hg.aggregate_forward(x, xp, p, scale, stages=1) for x, xp, p, _ in sets
+        ]
     rows = []
-    for op, run in runs.items():
-        t = {name: time_ms(lambda ops=ops, run=run: run(ops)) for name, ops in impls.items()}
+    for op, fns in runs.items():
+        t = {name: time_ms(fn) for name, fn in fns.items()}
         floor = byts[op] / (COPY_TBPS * 1e9)
+        one = f"{t['cuda 1-stage']:.4f}" if "cuda 1-stage" in t else "-"
         rows.append(
             f"| {label} (N={n}, D={d}, M={m}) | {op} | {byts[op] / 1e6:.1f} | {floor:.4f} | {t['triton']:.4f} | "
-            f"{t['cuda']:.4f} | {t['triton'] / t['cuda']:.2f}x | {100 * floor / t['cuda']:.0f}% |"
+            f"{t['cuda']:.4f} | {one} | {t['triton'] / t['cuda']:.2f}x | {100 * floor / t['cuda']:.0f}% |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -87,8 +97,8 @@ def main() -> None:
     lines = [
         f"# Hypergraph ops, {torch.cuda.get_device_name()}, torch {torch.__version__}, float16 (ms, CUDA-graph median)",
         "",
-        "| shape | op | bytes (MB) | floor | triton | cuda | cuda vs triton | cuda % of copy bw |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | op | bytes (MB) | floor | triton | cuda | cuda 1-stage | cuda vs triton | cuda % of copy bw |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for shape in SHAPES:
         lines += shape_rows(*shape)

@@ -45,10 +45,10 @@ struct AggregateParams {
   float* part_sum;  // (B, S, M)
 };
 
-// Shared-memory layout (16-bit elements, then float logits) for padded width D_PAD.
-template <int D_PAD, bool X_CM>
+// Shared-memory layout (16-bit elements, then float logits) for padded width D_PAD and STAGES tile buffers.
+template <int D_PAD, bool X_CM, int STAGES>
 struct AggregateSmem {
-  static constexpr int kStages = D_PAD <= 384 ? 2 : 1;  // 512 single-buffered: fits sm80's 163 KB
+  static constexpr int kStages = STAGES;
   static constexpr int kP = kMaxM * pitch(D_PAD);
   static constexpr int kXp = kTileN * pitch(D_PAD);
   static constexpr int kX = X_CM ? D_PAD * pitch(kTileN) : kTileN * pitch(D_PAD);
@@ -56,9 +56,9 @@ struct AggregateSmem {
   static constexpr size_t kBytes = 2 * (kP + kStages * (kXp + kX)) + 4 * kMaxM * kLogitPitch;
 };
 
-template <typename T, int D_PAD, bool X_CM>
+template <typename T, int D_PAD, bool X_CM, int STAGES>
 __global__ void __launch_bounds__(kThreads) aggregate_kernel(const AggregateParams a) {
-  using S = AggregateSmem<D_PAD, X_CM>;
+  using S = AggregateSmem<D_PAD, X_CM, STAGES>;
   constexpr int kPitch = pitch(D_PAD);
   constexpr int kCols = D_PAD / 4;  // feature columns per warp in the accumulation
   constexpr int kColTiles = kCols / 8;
@@ -249,53 +249,81 @@ __global__ void __launch_bounds__(kThreads) aggregate_kernel(const AggregatePara
   }
 }
 
-// Block (b * M + m): merge the splits' partials, rescaled to the global running max.
+constexpr int kCombineWarps = 8;
+
+// Block (b * M + m, 32-column chunk): merge the splits' partials, rescaled to the global running max. Every warp
+// reduces the (few, cached) running maxima and sums itself; the accumulators are read with the splits spread
+// over the warps and the columns over the lanes (128-byte rows), then summed across warps in shared memory.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const AggregateParams a) {
+__global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(const AggregateParams a) {
+  __shared__ float partial[kCombineWarps][32];
   const int64_t bm = blockIdx.x;
   const int64_t b = bm / a.m;
   const int m = static_cast<int>(bm % a.m);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int col = blockIdx.y * 32 + lane;
   const int64_t first = b * a.num_splits * a.m + m;  // (b, split 0, m) in the (B, S, M) partials
   float total_max = -INFINITY;
-  for (int s = 0; s < a.num_splits; ++s) {
+  for (int s = lane; s < a.num_splits; s += 32) {
     total_max = fmaxf(total_max, a.part_max[first + s * a.m]);
   }
+  total_max = warp_max(total_max);
   float total_sum = 0.f;
-  for (int s = 0; s < a.num_splits; ++s) {
+  for (int s = lane; s < a.num_splits; s += 32) {
     total_sum += exp2f(a.part_max[first + s * a.m] - total_max) * a.part_sum[first + s * a.m];
   }
-  const float inv = 1.f / total_sum;
-  for (int col = threadIdx.x; col < a.d; col += kThreads) {
-    float acc = 0.f;
-    for (int s = 0; s < a.num_splits; ++s) {
+  total_sum = warp_sum(total_sum);
+  float acc = 0.f;
+  if (col < a.d) {
+#pragma unroll 4
+    for (int s = warp; s < a.num_splits; s += kCombineWarps) {
       acc += exp2f(a.part_max[first + s * a.m] - total_max) * a.part_acc[(first + s * a.m) * a.d + col];
     }
-    const T h = from_float<T>(acc * inv);
-    a.he[bm * a.d + col] = *reinterpret_cast<const uint16_t*>(&h);
   }
-  if (threadIdx.x == 0) {
-    a.lse[bm] = (total_max + log2f(total_sum)) * kLn2;
+  partial[warp][lane] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    float he = 0.f;
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) {
+      he += partial[w][lane];
+    }
+    if (col < a.d) {
+      const T h = from_float<T>(he / total_sum);
+      a.he[bm * a.d + col] = *reinterpret_cast<const uint16_t*>(&h);
+    }
+    if (blockIdx.y == 0 && lane == 0) {
+      a.lse[bm] = (total_max + log2f(total_sum)) * kLn2;
+    }
   }
 }
 
 constexpr const char* kOp = "cuda_hypergraph_aggregate";
 
-// Vertices per split: whole tiles, as many splits as fill one wave of resident blocks over the batch (each
-// split costs a float32 partial of M x D in the workspace, so no more), or `forced` rounded up to a tile.
+constexpr int kMaxSplits = 4096;
+
+// Vertices per split (whole tiles). Each split adds an M x D float32 partial to the workspace (written and read
+// again: M / tokens_per_split of the input bytes each way), so splits are as long as possible while the grid
+// still fills the GPU: up to one wave of resident blocks, at least 4 tiles per split where that keeps one block
+// per SM. `forced` > 0 fixes it instead (rounded up to a tile; tests of the split / combine paths).
 int tokens_per_split(int64_t batch, int64_t n, int64_t forced, int blocks_per_sm) {
   const int tiles = cdiv(static_cast<int>(n), kTileN);
+  const int min_tiles = cdiv(tiles, kMaxSplits);
   if (forced > 0) {
-    return static_cast<int>(std::min<int64_t>(cdiv(static_cast<int>(std::min<int64_t>(forced, n)), kTileN), tiles)) *
-           kTileN;
+    const int64_t forced_tiles = (std::min<int64_t>(forced, n) + kTileN - 1) / kTileN;
+    return std::max(static_cast<int>(forced_tiles), min_tiles) * kTileN;
   }
-  const int64_t slots = int64_t{blocks_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want_splits = std::clamp<int64_t>(slots / batch, 1, tiles);
-  return cdiv(tiles, static_cast<int>(want_splits)) * kTileN;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t wave = std::max<int64_t>(1, sms * blocks_per_sm / batch);
+  const int64_t fill = (sms + batch - 1) / batch;
+  const int64_t want_splits = std::clamp<int64_t>(std::min<int64_t>(wave, std::max<int64_t>(fill, tiles / 4)), 1, tiles);
+  return std::max(cdiv(tiles, static_cast<int>(want_splits)), min_tiles) * kTileN;
 }
 
 void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& prototypes, double scale,
                    const c10::optional<at::Tensor>& dropout_mask, at::Tensor& he, at::Tensor& lse,
-                   int64_t forced_tokens_per_split) {
+                   int64_t forced_tokens_per_split, int64_t stages) {
   check_input(x, kOp, "x", x);
   check_input(xp, kOp, "xp", x);
   check_input(prototypes, kOp, "prototypes", x);
@@ -323,6 +351,10 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
     lse.fill_(-INFINITY);
     return;
   }
+  const int width = padded_width(d);
+  stages = stages == 0 ? (width <= 384 ? 2 : 1) : stages;
+  TORCH_CHECK((stages == 2 && width <= 384) || (stages == 1 && width >= 256), kOp, ": stages=", stages,
+              " is not built for D = ", d, " (2 stages for D <= 384, 1 stage for D > 128)");
   const bool x_cm = x.stride(1) == 1 && x.stride(2) != 1;
   AggregateParams a{};
   a.x = bits(x);
@@ -359,10 +391,11 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
     using T = typename decltype(tag)::type;
     dispatch_width(d, [&](auto width) {
       constexpr int kWidth = decltype(width)::value;
-      auto launch = [&](auto channel_major) {
+      auto launch = [&](auto channel_major, auto stage_count) {
         constexpr bool kCm = decltype(channel_major)::value;
-        const size_t smem = AggregateSmem<kWidth, kCm>::kBytes;
-        auto kernel = aggregate_kernel<T, kWidth, kCm>;
+        constexpr int kStages = decltype(stage_count)::value;
+        const size_t smem = AggregateSmem<kWidth, kCm, kStages>::kBytes;
+        auto kernel = aggregate_kernel<T, kWidth, kCm, kStages>;
         set_smem(kernel, smem, kOp);
         int blocks_per_sm = 1;
         C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem));
@@ -370,14 +403,26 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
         kernel<<<dim3(a.num_splits, batch), kThreads, smem, stream>>>(a);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
+      auto staged = [&](auto channel_major) {
+        if constexpr (kWidth <= 384) {
+          if (stages == 2) {
+            launch(channel_major, std::integral_constant<int, 2>{});
+          }
+        }
+        if constexpr (kWidth >= 256) {
+          if (stages == 1) {
+            launch(channel_major, std::integral_constant<int, 1>{});
+          }
+        }
+      };
       if (x_cm) {
-        launch(std::true_type{});
+        staged(std::true_type{});
       } else {
-        launch(std::false_type{});
+        staged(std::false_type{});
       }
     });
     if (a.num_splits > 1) {
-      combine_kernel<T><<<batch * m, kThreads, 0, stream>>>(a);
+      combine_kernel<T><<<dim3(batch * m, cdiv(a.d, 32)), kCombineWarps * 32, 0, stream>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -389,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor> aggregate(const at::Tensor& x, const at::Tens
               x.sizes(), " and ", prototypes.sizes());
   at::Tensor he = at::empty({x.size(0), prototypes.size(1), x.size(2)}, x.options());
   at::Tensor lse = at::empty({x.size(0), prototypes.size(1)}, x.options().dtype(at::kFloat));
-  aggregate_out(x, xp, prototypes, scale, dropout_mask, he, lse, 0);
+  aggregate_out(x, xp, prototypes, scale, dropout_mask, he, lse, 0, 0);
   return {he, lse};
 }
 
@@ -402,7 +447,7 @@ TORCH_LIBRARY_FRAGMENT(yolo13_attn, m) {
       "-> (Tensor, Tensor)");
   m.def(
       "cuda_hypergraph_aggregate_out(Tensor x, Tensor xp, Tensor prototypes, float scale, Tensor? dropout_mask, "
-      "Tensor(a!) he, Tensor(b!) lse, int tokens_per_split=0) -> ()");
+      "Tensor(a!) he, Tensor(b!) lse, int tokens_per_split=0, int stages=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(yolo13_attn, CUDA, m) {

@@ -70,6 +70,22 @@ __device__ __forceinline__ float mask_value(const uint16_t* mask, int64_t stride
   return __half2float(__ushort_as_half(bits));
 }
 
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  }
+  return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    x += __shfl_xor_sync(0xffffffffu, x, o);
+  }
+  return x;
+}
+
 // ---- host side ------------------------------------------------------------------------------------------------
 
 inline void check_input(const at::Tensor& t, const char* op, const char* name, const at::Tensor& like) {
@@ -84,8 +100,9 @@ inline void check_input(const at::Tensor& t, const char* op, const char* name, c
 inline void check_dtype_and_sizes(const at::Tensor& t, const char* op, int64_t m, int64_t d) {
   TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op,
               ": float16 and bfloat16 only, got ", t.scalar_type());
-  TORCH_CHECK(m <= kMaxM, op, ": at most ", kMaxM, " hyperedges (M), got ", m);
-  TORCH_CHECK(d <= kMaxD, op, ": feature width D at most ", kMaxD, ", got ", d);
+  static_assert(kMaxM == 16 && kMaxD == 512, "the messages below name the limits");
+  TORCH_CHECK(m <= 16, op, ": at most 16 hyperedges (M), got ", m);
+  TORCH_CHECK(d <= 512, op, ": feature width D at most 512, got ", d);
 }
 
 inline void check_scale(double scale, const char* op) {
@@ -102,19 +119,23 @@ inline void check_mask(const c10::optional<at::Tensor>& mask, const char* op, co
               b, ", ", n, ", ", m, "), got ", mask->sizes());
 }
 
-// Calls f(std::integral_constant<int, D_PAD>{}) with D_PAD the smallest instantiated padded width >= d.
+// The smallest instantiated padded width >= d (d <= kMaxD).
+inline int padded_width(int64_t d) { return d <= 64 ? 64 : d <= 128 ? 128 : d <= 256 ? 256 : d <= 384 ? 384 : 512; }
+
+// Calls f(std::integral_constant<int, D_PAD>{}) with D_PAD = padded_width(d).
 template <typename F>
 void dispatch_width(int64_t d, F&& f) {
-  if (d <= 64) {
-    f(std::integral_constant<int, 64>{});
-  } else if (d <= 128) {
-    f(std::integral_constant<int, 128>{});
-  } else if (d <= 256) {
-    f(std::integral_constant<int, 256>{});
-  } else if (d <= 384) {
-    f(std::integral_constant<int, 384>{});
-  } else {
-    f(std::integral_constant<int, 512>{});
+  switch (padded_width(d)) {
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    case 128:
+      return f(std::integral_constant<int, 128>{});
+    case 256:
+      return f(std::integral_constant<int, 256>{});
+    case 384:
+      return f(std::integral_constant<int, 384>{});
+    default:
+      return f(std::integral_constant<int, 512>{});
   }
 }
 

@@ -153,6 +153,33 @@ def test_cuda_hypergraph_split_and_combine_equivalence(layout, dtype, tokens_per
     assert_flash_rule(lse, lse64, lse_base, f"cuda aggregate lse {what}")
 
 
+@pytest.mark.parametrize("stages", [1, 2])
+@pytest.mark.parametrize("d", [256, 384])
+@pytest.mark.parametrize("layout", ["map", "slices"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_hypergraph_pipeline_depths_equivalence(layout, d, stages):
+    """Single- and double-buffered aggregation kernels, several tiles per split (and a ragged last tile)."""
+    x, xp, p, mask, scale = _inputs(2, 25, 41, d, 12, torch.float16, seed=4, mask=True, layout=layout)
+    he64, lse64 = hypergraph_aggregate_reference(x.double(), xp.double(), p.double(), scale, mask.double())
+    he_base, lse_base = hypergraph_aggregate_reference(x, xp, p, scale, mask)
+    for tps in (160, 1 << 20):
+        he, lse = ops.aggregate_forward(
+            x,
+            xp,
+            p,
+            scale,
+            mask,
+            he=poisoned_like(he_base),
+            lse=poisoned_like(lse_base),
+            tokens_per_split=tps,
+            stages=stages,
+        )
+        what = f"{layout} D{d} stages={stages} tokens_per_split={tps}"
+        assert_flash_rule(he, he64, he_base, f"cuda aggregate he {what}")
+        assert_flash_rule(lse, lse64, lse_base, f"cuda aggregate lse {what}")
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=_name)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-mask"])
 @pytest.mark.gpu
@@ -172,8 +199,8 @@ def test_cuda_hypergraph_patched_layer_equivalence(train, dtype, monkeypatch):
             return module(x.to(cast))
 
     ref64, baseline = run(layer, torch.float64), run(layer, dtype)
-    patched = copy.deepcopy(layer)
-    yolo13_attn.patch(patched, {"hypergraph": "cuda"})
+    patched = copy.deepcopy(layer).to(dtype)
+    yolo13_attn.patch(patched, {"hypergraph": "cuda"}, strict=True)
     calls = count_calls(monkeypatch, HYPERGRAPH, "cuda")
     out = run(patched, dtype)
     assert calls, "the patched layer did not call the cuda hypergraph backend"
@@ -205,6 +232,8 @@ def test_cuda_hypergraph_bad_inputs_raise_clear_errors():
         agg(x, xp, p, scale, mask[:, :, :2])
     with pytest.raises(RuntimeError, match="scale must be finite and > 0"):
         agg(x, xp, p, float("nan"), None)
+    with pytest.raises(RuntimeError, match="stages=1 is not built for D = 64"):
+        ops.aggregate_forward(x, xp, p, scale, stages=1)
     with pytest.raises(RuntimeError, match="lse must be a contiguous"):
         sca(xp, p, lse.double(), he, scale, None)
     with pytest.raises(RuntimeError, match="he must be shaped like prototypes"):

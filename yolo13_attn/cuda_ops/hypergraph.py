@@ -73,11 +73,13 @@ def aggregate_forward(
     he: Tensor | None = None,
     lse: Tensor | None = None,
     tokens_per_split: int = 0,
+    stages: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """``he (B, M, D)`` in x's dtype and ``lse (B, M)`` float32, written into ``he`` / ``lse`` when given.
 
-    ``tokens_per_split`` forces the split of N across blocks (rounded up to 32 vertices; 0: about two blocks
-    per SM over the batch) - for tests of the split-and-combine path.
+    Tuning and test knobs (0: automatic): ``tokens_per_split`` fixes the split of N across blocks (rounded up to
+    32 vertices; automatic: about one wave of resident blocks); ``stages`` the number of shared-memory tile
+    buffers of the aggregation kernel (2 for D <= 384, 1 for D > 128; automatic: 2, and 1 above 384).
     """
     ensure_loaded()
     dtype = x.dtype
@@ -87,7 +89,7 @@ def aggregate_forward(
     he = torch.empty((b, m, d), dtype=dtype, device=x.device) if he is None else he
     lse = torch.empty((b, m), dtype=torch.float32, device=x.device) if lse is None else lse
     torch.ops.yolo13_attn.cuda_hypergraph_aggregate_out(
-        x, xp, prototypes, float(scale), dropout_mask, he, lse, int(tokens_per_split)
+        x, xp, prototypes, float(scale), dropout_mask, he, lse, int(tokens_per_split), int(stages)
     )
     return he, lse
 
