@@ -55,6 +55,21 @@ def ensure_loaded() -> None:
     _registered = True
 
 
+#: the widest hyperedge count and feature width the kernels are built for (csrc/hypergraph_common.cuh)
+MAX_HYPEREDGES = 16
+MAX_WIDTH = 512
+
+
+def check_sizes(prototypes: Tensor) -> None:
+    """ValueError for M or D beyond what the kernels are built for, before any launch (the C++ ops check again)."""
+    m, d = prototypes.shape[1], prototypes.shape[2]
+    if m > MAX_HYPEREDGES or d > MAX_WIDTH:
+        raise ValueError(
+            f"cuda hypergraph kernels take at most {MAX_HYPEREDGES} hyperedges and D <= {MAX_WIDTH}, "
+            f"got prototypes of shape {tuple(prototypes.shape)}"
+        )
+
+
 def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
@@ -82,6 +97,7 @@ def aggregate_forward(
     buffers of the aggregation kernel (2 for D <= 384, 1 for D > 128; automatic: 2, and 1 above 384).
     """
     ensure_loaded()
+    check_sizes(prototypes)
     dtype = x.dtype
     xp, prototypes, dropout_mask = _as(xp, dtype), _as(prototypes, dtype), _as(dropout_mask, dtype)
     b, _, d = x.shape
@@ -106,6 +122,7 @@ def scatter_forward(
 ) -> Tensor:
     """``xn (B, N, D)`` contiguous in he's dtype, written into ``out`` when given."""
     ensure_loaded()
+    check_sizes(prototypes)
     dtype = he.dtype
     xp, prototypes, dropout_mask = _as(xp, dtype), _as(prototypes, dtype), _as(dropout_mask, dtype)
     out = torch.empty(xp.shape, dtype=dtype, device=he.device) if out is None else out
@@ -118,6 +135,7 @@ def hypergraph_aggregate(
 ) -> tuple[Tensor, Tensor]:
     """Vertex -> hyperedge aggregation through the custom op: ``(he (B, M, D), lse (B, M) float32)``."""
     ensure_loaded()
+    check_sizes(prototypes)
     dtype = x.dtype
     return torch.ops.yolo13_attn.cuda_hypergraph_aggregate(
         x, _as(xp, dtype), _as(prototypes, dtype), float(scale), _as(dropout_mask, dtype)
@@ -129,6 +147,7 @@ def hypergraph_scatter(
 ) -> Tensor:
     """Hyperedge -> vertex scatter through the custom op: ``xn (B, N, D)`` in he's dtype."""
     ensure_loaded()
+    check_sizes(prototypes)
     dtype = he.dtype
     return torch.ops.yolo13_attn.cuda_hypergraph_scatter(
         _as(xp, dtype), _as(prototypes, dtype), _lse32(lse), he, float(scale), _as(dropout_mask, dtype)
