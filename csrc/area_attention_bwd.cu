@@ -74,18 +74,20 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dkdv_kernel(const 
 
   const AreaShape& sh = p.shape;
   const ChunkBlock cb = chunk_block(sh, BK);
+  const int tid = threadIdx.x;
   const int k0 = cb.blk * BK;
   const int k_valid = min(BK, sh.L - k0);
   const T* qb = p.q.at(cb);
   const T* dob = p.dout.at(cb);
   const int64_t row = (int64_t(cb.b) * sh.H + cb.h) * sh.N + cb.chunk;  // this chunk in lse / delta
 
-  load_tile<T, BK, D, TD, NT>(sk, p.k.at(cb), p.k.sd, p.k.sn, p.k.vec, k0, k_valid);
-  load_tile<T, BK, D, TD, NT>(sv, p.v.at(cb), p.v.sd, p.v.sn, p.v.vec, k0, k_valid);
+  load_tile<T, D, TD>(sk, KTile::PITCH, BK, p.k.at(cb), p.k.sd, p.k.sn, p.k.vec, k0, k_valid, tid, NT);
+  load_tile<T, D, TD>(sv, KTile::PITCH, BK, p.v.at(cb), p.v.sd, p.v.sn, p.v.vec, k0, k_valid, tid, NT);
   auto load_queries = [&](int buf, int q0) {
     const int valid = min(BQ, sh.L - q0);
-    load_tile<T, BQ, D, TD, NT>(sq + buf * QTile::ELEMS, qb, p.q.sd, p.q.sn, p.q.vec, q0, valid);
-    load_tile<T, BQ, D, TD, NT>(sdo + buf * QTile::ELEMS, dob, p.dout.sd, p.dout.sn, p.dout.vec, q0, valid);
+    load_tile<T, D, TD>(sq + buf * QTile::ELEMS, QTile::PITCH, BQ, qb, p.q.sd, p.q.sn, p.q.vec, q0, valid, tid, NT);
+    load_tile<T, D, TD>(sdo + buf * QTile::ELEMS, QTile::PITCH, BQ, dob, p.dout.sd, p.dout.sn, p.dout.vec, q0, valid,
+                        tid, NT);
     load_rows<NT>(srow[buf][0], p.lse + row, q0, BQ, valid);
     load_rows<NT>(srow[buf][1], p.delta + row, q0, BQ, valid);
   };
@@ -116,8 +118,8 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dkdv_kernel(const 
     __syncthreads();
     if (active) {
       if (j == 0) {
-        load_a_rows<T, BK, D, TD>(kf, sk, r0);
-        load_a_rows<T, BK, D, TD>(vf, sv, r0);
+        load_a_rows<T, D, TD>(kf, sk, KTile::PITCH, r0);
+        load_a_rows<T, D, TD>(vf, sv, KTile::PITCH, r0);
       }
       const T* sqj = sq + (j & 1) * QTile::ELEMS;
       const T* sdoj = sdo + (j & 1) * QTile::ELEMS;
@@ -133,8 +135,8 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dkdv_kernel(const 
         for (int e = 0; e < 4; ++e) pt[nt][e] = ds[nt][e] = 0.f;
         if ((nt / 2) * 16 < q_valid) {
           uint32_t bq[D / 16][2], bdo[D / 16][2];
-          load_b_tokens_n<T, BQ, D, TD>(bq, sqj, nt * 8);
-          load_b_tokens_n<T, BQ, D, TD>(bdo, sdoj, nt * 8);
+          load_b_tokens_n<T, D, TD>(bq, sqj, QTile::PITCH, nt * 8);
+          load_b_tokens_n<T, D, TD>(bdo, sdoj, QTile::PITCH, nt * 8);
 #pragma unroll
           for (int kk = 0; kk < D / 16; ++kk) {
             mma_16816<T>(pt[nt], kf[kk], bq[kk]);
@@ -157,8 +159,8 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dkdv_kernel(const 
           c_to_a<T>(ap, pt[2 * t], pt[2 * t + 1]);
           c_to_a<T>(as, ds[2 * t], ds[2 * t + 1]);
           uint32_t bdo[D / 8][2], bq[D / 8][2];
-          load_b_tokens_k<T, BQ, D, TD>(bdo, sdoj, t * 16);
-          load_b_tokens_k<T, BQ, D, TD>(bq, sqj, t * 16);
+          load_b_tokens_k<T, D, TD>(bdo, sdoj, QTile::PITCH, t * 16);
+          load_b_tokens_k<T, D, TD>(bq, sqj, QTile::PITCH, t * 16);
 #pragma unroll
           for (int dt = 0; dt < D / 8; ++dt) {
             mma_16816<T>(dv[dt], ap, bdo[dt]);
@@ -172,13 +174,13 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dkdv_kernel(const 
 
   const int64_t out = (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk + k0;
   T* so = sq;
-  if (active) stage_rows<T, BK, D>(so, dv, r0, 1.f, 1.f);
+  if (active) stage_rows<T, D>(so, OTile::PITCH, dv, r0, 1.f, 1.f);
   __syncthreads();
-  store_tile<T, BK, D, NT>(p.dv + out, so, sh.N, k_valid, p.vec_out);
+  store_tile<T, D>(p.dv + out, so, OTile::PITCH, BK, sh.N, k_valid, p.vec_out, tid, NT);
   __syncthreads();
-  if (active) stage_rows<T, BK, D>(so, dk, r0, p.scale, p.scale);
+  if (active) stage_rows<T, D>(so, OTile::PITCH, dk, r0, p.scale, p.scale);
   __syncthreads();
-  store_tile<T, BK, D, NT>(p.dk + out, so, sh.N, k_valid, p.vec_out);
+  store_tile<T, D>(p.dk + out, so, OTile::PITCH, BK, sh.N, k_valid, p.vec_out, tid, NT);
 }
 
 template <typename T, int D, int NW, bool TD>
@@ -196,15 +198,16 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
 
   const AreaShape& sh = p.shape;
   const ChunkBlock cb = chunk_block(sh, BM);
+  const int tid = threadIdx.x;
   const int m0 = cb.blk * BM;
   const int m_valid = min(BM, sh.L - m0);
   const T* kb = p.k.at(cb);
   const T* vb = p.v.at(cb);
 
-  load_tile<T, BM, D, TD, NT>(sq, p.q.at(cb), p.q.sd, p.q.sn, p.q.vec, m0, m_valid);
-  load_tile<T, BM, D, TD, NT>(sdo, p.dout.at(cb), p.dout.sd, p.dout.sn, p.dout.vec, m0, m_valid);
-  load_tile<T, BN, D, TD, NT>(sk, kb, p.k.sd, p.k.sn, p.k.vec, 0, min(BN, sh.L));
-  load_tile<T, BN, D, TD, NT>(sv, vb, p.v.sd, p.v.sn, p.v.vec, 0, min(BN, sh.L));
+  load_tile<T, D, TD>(sq, QTile::PITCH, BM, p.q.at(cb), p.q.sd, p.q.sn, p.q.vec, m0, m_valid, tid, NT);
+  load_tile<T, D, TD>(sdo, QTile::PITCH, BM, p.dout.at(cb), p.dout.sd, p.dout.sn, p.dout.vec, m0, m_valid, tid, NT);
+  load_tile<T, D, TD>(sk, KVTile::PITCH, BN, kb, p.k.sd, p.k.sn, p.k.vec, 0, min(BN, sh.L), tid, NT);
+  load_tile<T, D, TD>(sv, KVTile::PITCH, BN, vb, p.v.sd, p.v.sn, p.v.vec, 0, min(BN, sh.L), tid, NT);
   cp_async_commit();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
@@ -230,8 +233,10 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
   for (int j = 0; j < n_blocks; ++j) {
     if (j + 1 < n_blocks) {
       const int nb = (j + 1) & 1, n0 = (j + 1) * BN;
-      load_tile<T, BN, D, TD, NT>(sk + nb * KVTile::ELEMS, kb, p.k.sd, p.k.sn, p.k.vec, n0, min(BN, sh.L - n0));
-      load_tile<T, BN, D, TD, NT>(sv + nb * KVTile::ELEMS, vb, p.v.sd, p.v.sn, p.v.vec, n0, min(BN, sh.L - n0));
+      load_tile<T, D, TD>(sk + nb * KVTile::ELEMS, KVTile::PITCH, BN, kb, p.k.sd, p.k.sn, p.k.vec, n0,
+                          min(BN, sh.L - n0), tid, NT);
+      load_tile<T, D, TD>(sv + nb * KVTile::ELEMS, KVTile::PITCH, BN, vb, p.v.sd, p.v.sn, p.v.vec, n0,
+                          min(BN, sh.L - n0), tid, NT);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -240,8 +245,8 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
     __syncthreads();
     if (active) {
       if (j == 0) {
-        load_a_rows<T, BM, D, TD>(qf, sq, r0);
-        load_a_rows<T, BM, D, TD>(dof, sdo, r0);
+        load_a_rows<T, D, TD>(qf, sq, QTile::PITCH, r0);
+        load_a_rows<T, D, TD>(dof, sdo, QTile::PITCH, r0);
       }
       const T* skj = sk + (j & 1) * KVTile::ELEMS;
       const T* svj = sv + (j & 1) * KVTile::ELEMS;
@@ -255,8 +260,8 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
         for (int e = 0; e < 4; ++e) ds[nt][e] = 0.f;
         if ((nt / 2) * 16 < n_valid) {
           uint32_t bk[D / 16][2], bv[D / 16][2];
-          load_b_tokens_n<T, BN, D, TD>(bk, skj, nt * 8);
-          load_b_tokens_n<T, BN, D, TD>(bv, svj, nt * 8);
+          load_b_tokens_n<T, D, TD>(bk, skj, KVTile::PITCH, nt * 8);
+          load_b_tokens_n<T, D, TD>(bv, svj, KVTile::PITCH, nt * 8);
 #pragma unroll
           for (int kk = 0; kk < D / 16; ++kk) {
             mma_16816<T>(s, qf[kk], bk[kk]);
@@ -276,7 +281,7 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
           uint32_t as[4];
           c_to_a<T>(as, ds[2 * t], ds[2 * t + 1]);
           uint32_t bk[D / 8][2];
-          load_b_tokens_k<T, BN, D, TD>(bk, skj, t * 16);
+          load_b_tokens_k<T, D, TD>(bk, skj, KVTile::PITCH, t * 16);
 #pragma unroll
           for (int dt = 0; dt < D / 8; ++dt) mma_16816<T>(dq[dt], as, bk[dt]);
         }
@@ -286,10 +291,10 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
   }
 
   T* so = smem;
-  if (active) stage_rows<T, BM, D>(so, dq, r0, p.scale, p.scale);
+  if (active) stage_rows<T, D>(so, OTile::PITCH, dq, r0, p.scale, p.scale);
   __syncthreads();
-  store_tile<T, BM, D, NT>(p.dq + (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk + m0, so, sh.N, m_valid,
-                           p.vec_out);
+  store_tile<T, D>(p.dq + (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk + m0, so, OTile::PITCH, BM, sh.N,
+                   m_valid, p.vec_out, tid, NT);
 }
 
 template <typename T, int D, int NW, bool TD>

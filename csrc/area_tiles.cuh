@@ -31,12 +31,11 @@ struct ChunkBlock {
   int64_t chunk;  // the chunk's first token
 };
 
-__device__ __forceinline__ ChunkBlock chunk_block(const AreaShape& sh, int rows) {
+__device__ __forceinline__ ChunkBlock chunk_block(const AreaShape& sh, int rows, unsigned block = blockIdx.x) {
   const int per_chunk = (sh.L + rows - 1) / rows;
-  const int bah = blockIdx.x / per_chunk;
+  const int bah = block / per_chunk;
   const int a = (bah / sh.H) % sh.area;
-  return ChunkBlock{bah / (sh.H * sh.area), bah % sh.H, static_cast<int>(blockIdx.x % per_chunk),
-                    int64_t(a) * sh.L};
+  return ChunkBlock{bah / (sh.H * sh.area), bah % sh.H, static_cast<int>(block % per_chunk), int64_t(a) * sh.L};
 }
 
 inline unsigned grid_size(const AreaShape& sh, int rows) {
@@ -63,70 +62,71 @@ template <int ROWS, int D, bool TD>
 struct TileLayout {
   static constexpr int PITCH = TD ? D + 8 : ROWS + 8;
   static constexpr int ELEMS = TD ? ROWS * PITCH : D * PITCH;
-  __device__ static constexpr int at(int token, int d) { return TD ? token * PITCH + d : d * PITCH + token; }
 };
 
-// Copy tokens [t0, t0 + ROWS) of one chunk (base: the chunk's first token of one (b, h)) into s;
-// tokens at or past `valid` (relative to t0) are zero. All NT threads of the block take part.
-template <typename T, int ROWS, int D, bool TD, int NT>
-__device__ __forceinline__ void load_tile(T* s, const T* base, int64_t sd, int64_t sn, bool vec, int t0,
-                                          int valid) {
-  using Tile = TileLayout<ROWS, D, TD>;
+// Element (token, d) of a tile with row pitch `pitch` (the loaders below take the pitch at run time, so that
+// one code path serves fixed-size tiles and whole chunks kept in shared memory).
+template <bool TD>
+__device__ __forceinline__ int tile_at(int pitch, int token, int d) {
+  return TD ? token * pitch + d : d * pitch + token;
+}
+
+// Copy tokens [t0, t0 + rows) of one chunk (base: the chunk's first token of one (b, h)) into s; tokens at or
+// past `valid` (relative to t0) are zero. Threads tid = 0 .. nt-1 take part (a block, or one warp).
+template <typename T, int D, bool TD>
+__device__ __forceinline__ void load_tile(T* s, int pitch, int rows, const T* base, int64_t sd, int64_t sn,
+                                          bool vec, int t0, int valid, int tid, int nt) {
   if (vec) {
     if constexpr (TD) {  // head_dim stride 1: 8 channels of one token per copy
       constexpr int PER_ROW = D / 8;
-#pragma unroll
-      for (int i = threadIdx.x; i < ROWS * PER_ROW; i += NT) {
+      for (int i = tid; i < rows * PER_ROW; i += nt) {
         const int t = i / PER_ROW, d = (i % PER_ROW) * 8;
         const bool ok = t < valid;
-        cp_async_16(s + Tile::at(t, d), ok ? base + (t0 + t) * sn + d : base, ok);
+        cp_async_16(s + tile_at<TD>(pitch, t, d), ok ? base + (t0 + t) * sn + d : base, ok);
       }
     } else {  // token stride 1: 8 tokens of one channel per copy (valid is a multiple of 8)
-      constexpr int PER_ROW = ROWS / 8;
-#pragma unroll
-      for (int i = threadIdx.x; i < D * PER_ROW; i += NT) {
-        const int d = i / PER_ROW, t = (i % PER_ROW) * 8;
+      const int per_row = rows / 8;
+      for (int i = tid; i < D * per_row; i += nt) {
+        const int d = i / per_row, t = (i % per_row) * 8;
         const bool ok = t < valid;
-        cp_async_16(s + Tile::at(t, d), ok ? base + d * sd + (t0 + t) : base, ok);
+        cp_async_16(s + tile_at<TD>(pitch, t, d), ok ? base + d * sd + (t0 + t) : base, ok);
       }
     }
   } else {
     const T zero = from_float<T>(0.f);
-    for (int i = threadIdx.x; i < ROWS * D; i += NT) {
+    for (int i = tid; i < rows * D; i += nt) {
       // consecutive threads take consecutive tokens (DT) or channels (TD): the smaller stride, usually
-      const int t = TD ? i / D : i % ROWS, d = TD ? i % D : i / ROWS;
-      s[Tile::at(t, d)] = t < valid ? base[d * sd + (t0 + t) * sn] : zero;
+      const int t = TD ? i / D : i % rows, d = TD ? i % D : i / rows;
+      s[tile_at<TD>(pitch, t, d)] = t < valid ? base[d * sd + (t0 + t) * sn] : zero;
     }
   }
 }
 
 // A fragments (16 tokens as rows, k = channels) of rows [r0, r0 + 16) for every k16 step of D.
-template <typename T, int ROWS, int D, bool TD>
-__device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const T* s, int r0) {
-  using Tile = TileLayout<ROWS, D, TD>;
+template <typename T, int D, bool TD>
+__device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const T* s, int pitch, int r0) {
   const int lane = threadIdx.x % 32, j = lane / 8, r = lane % 8;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     if constexpr (TD) {
-      ldmatrix4<false>(a[kk], s + Tile::at(r0 + lane % 16, kk * 16 + (lane / 16) * 8));
+      ldmatrix4<false>(a[kk], s + tile_at<TD>(pitch, r0 + lane % 16, kk * 16 + (lane / 16) * 8));
     } else {
-      ldmatrix4<true>(a[kk], s + Tile::at(r0 + (j % 2) * 8, kk * 16 + (j / 2) * 8 + r));
+      ldmatrix4<true>(a[kk], s + tile_at<TD>(pitch, r0 + (j % 2) * 8, kk * 16 + (j / 2) * 8 + r));
     }
   }
 }
 
 // B fragments (n = 8 tokens [n0, n0 + 8), k = channels) for every k16 step of D.
-template <typename T, int ROWS, int D, bool TD>
-__device__ __forceinline__ void load_b_tokens_n(uint32_t (&b)[D / 16][2], const T* s, int n0) {
-  using Tile = TileLayout<ROWS, D, TD>;
+template <typename T, int D, bool TD>
+__device__ __forceinline__ void load_b_tokens_n(uint32_t (&b)[D / 16][2], const T* s, int pitch, int n0) {
   const int lane = threadIdx.x % 32, j = lane / 8, r = lane % 8;
 #pragma unroll
   for (int q = 0; q < D / 32; ++q) {
     uint32_t x[4];
     if constexpr (TD) {
-      ldmatrix4<false>(x, s + Tile::at(n0 + r, q * 32 + j * 8));
+      ldmatrix4<false>(x, s + tile_at<TD>(pitch, n0 + r, q * 32 + j * 8));
     } else {
-      ldmatrix4<true>(x, s + Tile::at(n0, q * 32 + j * 8 + r));
+      ldmatrix4<true>(x, s + tile_at<TD>(pitch, n0, q * 32 + j * 8 + r));
     }
     b[2 * q][0] = x[0];
     b[2 * q][1] = x[1];
@@ -136,17 +136,16 @@ __device__ __forceinline__ void load_b_tokens_n(uint32_t (&b)[D / 16][2], const 
 }
 
 // B fragments (k = 16 tokens [k0, k0 + 16), n = channels) for every n8 tile of D.
-template <typename T, int ROWS, int D, bool TD>
-__device__ __forceinline__ void load_b_tokens_k(uint32_t (&b)[D / 8][2], const T* s, int k0) {
-  using Tile = TileLayout<ROWS, D, TD>;
+template <typename T, int D, bool TD>
+__device__ __forceinline__ void load_b_tokens_k(uint32_t (&b)[D / 8][2], const T* s, int pitch, int k0) {
   const int lane = threadIdx.x % 32, j = lane / 8, r = lane % 8;
 #pragma unroll
   for (int p = 0; p < D / 16; ++p) {
     uint32_t x[4];
     if constexpr (TD) {
-      ldmatrix4<true>(x, s + Tile::at(k0 + (j % 2) * 8 + r, p * 16 + (j / 2) * 8));
+      ldmatrix4<true>(x, s + tile_at<TD>(pitch, k0 + (j % 2) * 8 + r, p * 16 + (j / 2) * 8));
     } else {
-      ldmatrix4<false>(x, s + Tile::at(k0 + (j % 2) * 8, p * 16 + (j / 2) * 8 + r));
+      ldmatrix4<false>(x, s + tile_at<TD>(pitch, k0 + (j % 2) * 8, p * 16 + (j / 2) * 8 + r));
     }
     b[2 * p][0] = x[0];
     b[2 * p][1] = x[1];
@@ -156,39 +155,40 @@ __device__ __forceinline__ void load_b_tokens_k(uint32_t (&b)[D / 8][2], const T
 }
 
 // Write a warp's C fragments (16 rows [r0, r0 + 16) x D channels, times row factors f0 for row g and f1
-// for row g + 8) into a DT staging tile s[d][token] of pitch ROWS + 8.
-template <typename T, int ROWS, int D>
-__device__ __forceinline__ void stage_rows(T* s, const float (&acc)[D / 8][4], int r0, float f0, float f1) {
-  using Tile = TileLayout<ROWS, D, false>;
+// for row g + 8) into a DT staging tile s[d][token] of row pitch `pitch`.
+template <typename T, int D>
+__device__ __forceinline__ void stage_rows(T* s, int pitch, const float (&acc)[D / 8][4], int r0, float f0,
+                                           float f1) {
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int d = dt * 8 + 2 * c + e;
-      s[Tile::at(r0 + g, d)] = from_float<T>(acc[dt][e] * f0);
-      s[Tile::at(r0 + g + 8, d)] = from_float<T>(acc[dt][2 + e] * f1);
+      s[tile_at<false>(pitch, r0 + g, d)] = from_float<T>(acc[dt][e] * f0);
+      s[tile_at<false>(pitch, r0 + g + 8, d)] = from_float<T>(acc[dt][2 + e] * f1);
     }
   }
 }
 
-// Store `valid` tokens of a DT staging tile to a contiguous (D, N) slice at out (its token t0 first):
-// 16-byte stores when `vec` (token offset and N multiples of 8), else one element at a time.
-template <typename T, int ROWS, int D, int NT>
-__device__ __forceinline__ void store_tile(T* out, const T* s, int64_t n_total, int valid, bool vec) {
-  using Tile = TileLayout<ROWS, D, false>;
+// Store `valid` of `rows` tokens of a DT staging tile to a contiguous (D, N) slice at out (its first token
+// first): 16-byte stores when `vec` (token offset and N multiples of 8), else one element at a time.
+template <typename T, int D>
+__device__ __forceinline__ void store_tile(T* out, const T* s, int pitch, int rows, int64_t n_total, int valid,
+                                           bool vec, int tid, int nt) {
   if (vec) {
-    constexpr int PER_ROW = ROWS / 8;
-    for (int i = threadIdx.x; i < D * PER_ROW; i += NT) {
-      const int d = i / PER_ROW, t = (i % PER_ROW) * 8;
+    const int per_row = rows / 8;
+    for (int i = tid; i < D * per_row; i += nt) {
+      const int d = i / per_row, t = (i % per_row) * 8;
       if (t < valid) {
-        *reinterpret_cast<uint4*>(out + d * n_total + t) = *reinterpret_cast<const uint4*>(s + Tile::at(t, d));
+        *reinterpret_cast<uint4*>(out + d * n_total + t) =
+            *reinterpret_cast<const uint4*>(s + tile_at<false>(pitch, t, d));
       }
     }
   } else {
-    for (int i = threadIdx.x; i < D * ROWS; i += NT) {
-      const int d = i / ROWS, t = i % ROWS;
-      if (t < valid) out[d * n_total + t] = s[Tile::at(t, d)];
+    for (int i = tid; i < D * rows; i += nt) {
+      const int d = i / rows, t = i % rows;
+      if (t < valid) out[d * n_total + t] = s[tile_at<false>(pitch, t, d)];
     }
   }
 }

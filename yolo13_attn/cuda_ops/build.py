@@ -156,7 +156,7 @@ def load_extension() -> None:
         raise CudaExtensionError(_STATE["error"])
     if prebuilt_installed():
         module = importlib.import_module(PREBUILT)
-        _STATE.update(kind="prebuilt", path=str(module.__file__), arch="as installed (setup.py: sm80, sm90)")
+        _STATE.update(kind="prebuilt", path=str(module.__file__), arch="architectures chosen at install")
         return
     if not torch.cuda.is_available():
         raise CudaExtensionError("the CUDA extension needs a CUDA device visible to PyTorch")
