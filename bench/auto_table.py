@@ -7,7 +7,8 @@ Reads each folder's ``kernel_sweep.json`` and keeps, per GPU, every configuratio
 that passed its equivalence check: ``area_core`` / ``hg_core`` (mode ``inference``) and
 ``area_core_train`` / ``hg_core_train`` (mode ``training``), with the median ms of each plain backend
 (``flash:<impl>`` columns and ``auto`` are left out). A configuration measured in several folders
-keeps the newest. The GPU's entry in the table is replaced as a whole; other GPUs' entries stay.
+gets each backend's newest time (a folder may time only some backends). The GPU's entry in the table
+is replaced as a whole; other GPUs' entries stay.
 ``yolo13_attn/backends/measured.py`` says how ``auto`` reads the table.
 """
 
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
         gpu["capability"] = gpu["capability"] or env.get("gpu capability")
         gpu.update(torch=env["torch"].split("+")[0], date=data["date"])
         gpu["sources"].append(f"{data['date']} kernel sweep (torch {env['torch']}, triton {env.get('triton')})")
-        gpu["entries"].update(entries_of(data))  # newer runs replace the same configuration
+        for key, entry in entries_of(data).items():  # a newer run's backend times replace older ones
+            gpu["entries"].setdefault(key, entry)["ms"].update(entry["ms"])
     table = json.loads(args.table.read_text()) if args.table.is_file() else {"gpus": []}
     kept = [g for g in table["gpus"] if g["name"] not in gpus]
     new = [{**g, "entries": [e for e in g["entries"].values() if len(e["ms"]) > 1]} for g in gpus.values()]

@@ -183,7 +183,7 @@ def test_bench_outputs_compiled_and_train_step_modes(tmp_path):
     data = json.loads((tmp_path / "model_latency.json").read_text())
     assert data["compile"]["backend"] == "eager" and data["modes"] == ["compiled", "train_step"]
     sdpa = next(r for r in data["configs"] if r["backend"] == "sdpa")
-    assert sdpa["train"]["loss"] > 0 and len(sdpa["train"]["round_medians_ms"]) == 2
+    assert sdpa["train"]["train_step"]["loss"] > 0 and len(sdpa["train"]["train_step"]["round_medians_ms"]) == 2
     assert sdpa["compiled_max_abs_diff_vs_eager"] < 1e-3
     text = (tmp_path / "model_latency.md").read_text()
     assert "## compiled (ms)" in text and "## train_step (ms)" in text and "compile_s" in text

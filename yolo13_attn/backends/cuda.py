@@ -9,8 +9,6 @@ implementations and autograd, so patched models compile with ``torch.compile`` a
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import Tensor
 
@@ -78,35 +76,26 @@ class CudaAreaAttention(_CudaDeclaration, AreaAttentionBackend):
         return ops.area_attention(q, k, v, area, scale)
 
 
-HYPERGRAPH_MODULE = "yolo13_attn.cuda_ops.hypergraph"
-
-
 @register
 class CudaHypergraph(_CudaDeclaration, HypergraphBackend):
-    """Served by ``yolo13_attn/cuda_ops/hypergraph.py`` (``hypergraph_aggregate``, ``hypergraph_scatter`` with the
-    signatures of ``triton_ops/hypergraph.py``; optionally ``ensure_loaded()``, called at patch time after the
-    extension is loaded); unavailable while that module is absent."""
+    """Served by ``yolo13_attn/cuda_ops/hypergraph.py`` (the signatures of ``triton_ops/hypergraph.py``)."""
 
     min_head_dim = 16
     max_head_dim = 512
     head_dim_multiple = 8
     supports_backward = False
     supports_dropout_mask = True
-    description = "CUDA C++ hypergraph aggregation and scatter (csrc/hypergraph_*.cu), forward only"
-
-    @classmethod
-    def availability_reasons(cls) -> list[str]:
-        if importlib.util.find_spec(HYPERGRAPH_MODULE) is None:
-            return ["this build has no CUDA hypergraph kernels (yolo13_attn/cuda_ops/hypergraph.py missing)"]
-        return super().availability_reasons()
+    description = (
+        "CUDA C++ hypergraph (csrc/hypergraph_*.cu): aggregation split over N (online softmax per split + a "
+        "combine kernel), scatter with the recomputed weights; mma.sync tensor cores, fp32 accumulation, logit "
+        "dropout mask applied in-kernel, up to 16 hyperedges; forward only"
+    )
 
     @classmethod
     def _ensure_loaded(cls) -> None:
-        from ..cuda_ops import build, hypergraph
+        from ..cuda_ops import hypergraph
 
-        build.load_extension()
-        if hasattr(hypergraph, "ensure_loaded"):  # the module's own Python-side registrations, if it defers them
-            hypergraph.ensure_loaded()
+        hypergraph.ensure_loaded()
 
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:

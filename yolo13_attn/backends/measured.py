@@ -5,7 +5,8 @@ results) holds, per GPU, the median milliseconds of every backend on the YOLOv13
 timed: the area-attention and hypergraph cores, forward alone (``inference``) and forward +
 backward (``training``), per dtype. For a call on a GPU of that name (or, failing that, of the same
 compute capability) the backends are ranked by the geometric mean over the shapes of their time
-relative to the fastest backend on each shape; shapes of the call's head dim count alone when the
+relative to the fastest backend on each shape (backends timed on fewer than half the shapes are left
+out); shapes of the call's head dim count alone when the
 table has them (the hypergraph's head dim is the model's width). Backends the table does not rank
 follow in their declared priority; the declarations still decide what can serve a call.
 """
@@ -58,13 +59,19 @@ def gpu_entry(device: torch.device, data: dict | None = None) -> dict | None:
 
 
 def rank(entries: list[dict]) -> list[tuple[str, float]]:
-    """``(backend, geometric-mean slowdown vs the fastest)`` over entries, fastest first; only the
-    backends every entry timed."""
-    common = set.intersection(*(set(e["ms"]) for e in entries)) if entries else set()
-    scores = {}
-    for name in common:
-        logs = [math.log(e["ms"][name] / min(e["ms"][b] for b in common)) for e in entries]
-        scores[name] = math.exp(sum(logs) / len(logs))
+    """``(backend, geometric-mean slowdown vs the fastest)`` over entries, fastest first.
+
+    On each entry a backend's slowdown is its time over the fastest time there; backends timed on fewer
+    than half of the entries (a sweep cut short, a width the backend declines) are left out.
+    """
+    counts: dict[str, int] = {}
+    logs: dict[str, float] = {}
+    for e in entries:
+        best = min(e["ms"].values())
+        for name, ms in e["ms"].items():
+            counts[name] = counts.get(name, 0) + 1
+            logs[name] = logs.get(name, 0.0) + math.log(ms / best)
+    scores = {name: math.exp(logs[name] / n) for name, n in counts.items() if 2 * n >= len(entries)}
     return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))
 
 
