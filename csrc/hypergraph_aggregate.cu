@@ -314,7 +314,7 @@ int tokens_per_split(int64_t batch, int64_t n, int64_t forced, int blocks_per_sm
     const int64_t forced_tiles = (std::min<int64_t>(forced, n) + kTileN - 1) / kTileN;
     return std::max(static_cast<int>(forced_tiles), min_tiles) * kTileN;
   }
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount);
   const int64_t wave = std::max<int64_t>(1, sms * blocks_per_sm / batch);
   const int64_t fill = (sms + batch - 1) / batch;
   const int64_t want_splits = std::clamp<int64_t>(std::min<int64_t>(wave, std::max<int64_t>(fill, tiles / 4)), 1, tiles);
@@ -386,7 +386,7 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
       a.part_sum = a.part_max + batch * s * m;
     }
   };
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half(x.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     dispatch_width(d, [&](auto width) {

@@ -6,8 +6,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <cmath>
 #include <cstdint>
@@ -160,10 +162,18 @@ inline const uint16_t* bits_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? bits(*t) : nullptr;
 }
 
+// An attribute of the current device (cudaDeviceGetAttribute: no synchronisation; ATen's device-properties
+// header is avoided because it pulls in the cuBLAS/cuSPARSE headers, which a bare CUDA toolkit may lack).
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, c10::cuda::current_device()));
+  return value;
+}
+
 // Dynamic shared memory above the 48 KB default needs an explicit opt-in per kernel (and must fit the device).
 template <typename Kernel>
 void set_smem(Kernel kernel, size_t bytes, const char* op) {
-  const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  const size_t limit = static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
   TORCH_CHECK(bytes <= limit, op, ": needs ", bytes, " bytes of shared memory per block for this feature width, the ",
               "device allows ", limit);
   if (bytes > 48 * 1024) {

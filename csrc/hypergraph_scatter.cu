@@ -189,7 +189,7 @@ void scatter_out(const at::Tensor& xp, const at::Tensor& prototypes, const at::T
   a.p_vec = vectorizable(a.p, a.p_sm, a.p_sd, a.p_sb);
   a.he_vec = vectorizable(a.he, a.he_sm, a.he_sd, a.he_sb);
   a.out = reinterpret_cast<uint16_t*>(out.data_ptr());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(cdiv(static_cast<int>(n), kTileN), batch);
   dispatch_half(he.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -21,7 +21,7 @@ ROOT = "yolo13_attn"
 #: the layers, lowest first: a module may import its own layer and the layers below it, nothing above
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Triton kernels and their torch glue; the CUDA extension's loader and torch glue
-    ("kernels", ("yolo13_attn.kernels", "yolo13_attn.triton_ops", "yolo13_attn.cuda_ops")),
+    ("kernels", ("yolo13_attn.kernels", "yolo13_attn.kernel_glue", "yolo13_attn.triton_ops", "yolo13_attn.cuda_ops")),
     ("ops", ("yolo13_attn.ops",)),  # the reference math and the input checks
     ("backends", ("yolo13_attn.backends",)),
     ("functional", ("yolo13_attn.functional",)),  # the public ops, dispatched to a backend

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernel_glue import area_backward_fake, area_backward_with, area_forward_fake, area_setup_context
 from .build import load_extension
 
 FORWARD = "yolo13_attn::cuda_area_attention"
@@ -22,38 +23,16 @@ BACKWARD = "yolo13_attn::cuda_area_attention_backward"
 _registered = False
 
 
-def _fake_forward(q, k, v, area, scale):
-    b, h, d, n = q.shape
-    return q.new_empty((b, h, d, n)), q.new_empty((b, h, n), dtype=torch.float32)
-
-
-def _fake_backward(grad_out, q, k, v, out, lse, area, scale):
-    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, area, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.area, ctx.scale = area, scale
-
-
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-    dq, dk, dv = torch.ops.yolo13_attn.cuda_area_attention_backward(grad_out, q, k, v, out, lse, ctx.area, ctx.scale)
-    return dq, dk, dv, None, None
-
-
 def ensure_loaded() -> None:
     """Load (or build) the extension and register the Python side of its area-attention ops, once."""
     global _registered
     if _registered:
         return
     load_extension()
-    torch.library.register_fake(FORWARD)(_fake_forward)
-    torch.library.register_fake(BACKWARD)(_fake_backward)
-    torch.library.register_autograd(FORWARD, _backward, setup_context=_setup_context)
+    torch.library.register_fake(FORWARD)(area_forward_fake)
+    torch.library.register_fake(BACKWARD)(area_backward_fake)
+    backward = area_backward_with(lambda *args: torch.ops.yolo13_attn.cuda_area_attention_backward(*args))
+    torch.library.register_autograd(FORWARD, backward, setup_context=area_setup_context)
     _registered = True
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernel_glue import as_dtype, lse32
 from .build import load_extension
 
 AGGREGATE = "yolo13_attn::cuda_hypergraph_aggregate"
@@ -70,14 +71,6 @@ def check_sizes(prototypes: Tensor) -> None:
         )
 
 
-def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return t if t is None or t.dtype == dtype else t.to(dtype)
-
-
-def _lse32(lse: Tensor) -> Tensor:
-    return lse if lse.dtype == torch.float32 and lse.is_contiguous() else lse.float().contiguous()
-
-
 def aggregate_forward(
     x: Tensor,
     xp: Tensor,
@@ -99,7 +92,7 @@ def aggregate_forward(
     ensure_loaded()
     check_sizes(prototypes)
     dtype = x.dtype
-    xp, prototypes, dropout_mask = _as(xp, dtype), _as(prototypes, dtype), _as(dropout_mask, dtype)
+    xp, prototypes, dropout_mask = as_dtype(xp, dtype), as_dtype(prototypes, dtype), as_dtype(dropout_mask, dtype)
     b, _, d = x.shape
     m = prototypes.shape[1]
     he = torch.empty((b, m, d), dtype=dtype, device=x.device) if he is None else he
@@ -124,9 +117,9 @@ def scatter_forward(
     ensure_loaded()
     check_sizes(prototypes)
     dtype = he.dtype
-    xp, prototypes, dropout_mask = _as(xp, dtype), _as(prototypes, dtype), _as(dropout_mask, dtype)
+    xp, prototypes, dropout_mask = as_dtype(xp, dtype), as_dtype(prototypes, dtype), as_dtype(dropout_mask, dtype)
     out = torch.empty(xp.shape, dtype=dtype, device=he.device) if out is None else out
-    torch.ops.yolo13_attn.cuda_hypergraph_scatter_out(xp, prototypes, _lse32(lse), he, float(scale), dropout_mask, out)
+    torch.ops.yolo13_attn.cuda_hypergraph_scatter_out(xp, prototypes, lse32(lse), he, float(scale), dropout_mask, out)
     return out
 
 
@@ -138,7 +131,7 @@ def hypergraph_aggregate(
     check_sizes(prototypes)
     dtype = x.dtype
     return torch.ops.yolo13_attn.cuda_hypergraph_aggregate(
-        x, _as(xp, dtype), _as(prototypes, dtype), float(scale), _as(dropout_mask, dtype)
+        x, as_dtype(xp, dtype), as_dtype(prototypes, dtype), float(scale), as_dtype(dropout_mask, dtype)
     )
 
 
@@ -150,5 +143,5 @@ def hypergraph_scatter(
     check_sizes(prototypes)
     dtype = he.dtype
     return torch.ops.yolo13_attn.cuda_hypergraph_scatter(
-        _as(xp, dtype), _as(prototypes, dtype), _lse32(lse), he, float(scale), _as(dropout_mask, dtype)
+        as_dtype(xp, dtype), as_dtype(prototypes, dtype), lse32(lse), he, float(scale), as_dtype(dropout_mask, dtype)
     )

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import kernels
+from ..kernel_glue import area_backward_fake, area_backward_with, area_forward_fake, area_setup_context
 from .configs import area_bwd_config, area_fwd_config, with_overrides
 from .device import device_guard
 
@@ -94,10 +95,7 @@ def _area_op(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> tuple[
     return area_attention_forward(q, k, v, area, scale)
 
 
-@_area_op.register_fake
-def _(q, k, v, area, scale):
-    b, h, d, n = q.shape
-    return q.new_empty((b, h, d, n)), q.new_empty((b, h, n), dtype=torch.float32)
+_area_op.register_fake(area_forward_fake)
 
 
 @torch.library.custom_op("yolo13_attn::triton_area_attention_backward", mutates_args=())
@@ -107,26 +105,11 @@ def _area_bwd_op(
     return area_attention_backward(do, q, k, v, out, lse, area, scale)
 
 
-@_area_bwd_op.register_fake
-def _(do, q, k, v, out, lse, area, scale):
-    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, area, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.area, ctx.scale = area, scale
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dout = torch.zeros_like(out) if dout is None else dout
-    dq, dk, dv = torch.ops.yolo13_attn.triton_area_attention_backward(dout, q, k, v, out, lse, ctx.area, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-_area_op.register_autograd(_backward, setup_context=_setup_context)
+_area_bwd_op.register_fake(area_backward_fake)
+_area_op.register_autograd(
+    area_backward_with(lambda *args: torch.ops.yolo13_attn.triton_area_attention_backward(*args)),
+    setup_context=area_setup_context,
+)
 
 
 def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> Tensor:

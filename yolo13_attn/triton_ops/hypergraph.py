@@ -19,16 +19,9 @@ import torch
 from torch import Tensor
 
 from .. import kernels
+from ..kernel_glue import as_dtype, lse32
 from .configs import hypergraph_aggregate_config, hypergraph_bwd_config, hypergraph_scatter_config, with_overrides
 from .device import device_guard
-
-
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def _lse32(lse: Tensor) -> Tensor:
-    return lse if lse.dtype == torch.float32 and lse.is_contiguous() else lse.float().contiguous()
 
 
 def aggregate_forward(
@@ -45,7 +38,7 @@ def aggregate_forward(
     """``he (B, M, D)`` in x's dtype and ``lse (B, M)`` float32 (natural log)."""
     b, n, d = x.shape
     m = prototypes.shape[1]
-    xp, prototypes = _as(xp, x.dtype), _as(prototypes, x.dtype)
+    xp, prototypes = as_dtype(xp, x.dtype), as_dtype(prototypes, x.dtype)
     he = torch.empty((b, m, d), dtype=x.dtype, device=x.device) if he is None else he
     lse = torch.empty((b, m), dtype=torch.float32, device=x.device) if lse is None else lse
     if b * m * d == 0:
@@ -82,21 +75,21 @@ def scatter_forward(
     """``xn (B, N, D)`` in he's dtype, contiguous."""
     b, n, d = xp.shape
     m = prototypes.shape[1]
-    xp, prototypes = _as(xp, he.dtype), _as(prototypes, he.dtype)
+    xp, prototypes = as_dtype(xp, he.dtype), as_dtype(prototypes, he.dtype)
     out = torch.empty((b, n, d), dtype=he.dtype, device=he.device) if out is None else out
     if out.numel() == 0:
         return out
     cfg = with_overrides(hypergraph_scatter_config(b, n, m, d, he.dtype, he.device), config)
     with device_guard(he):
         kernels.hypergraph_scatter.launch_hypergraph_scatter(
-            xp, prototypes, _lse32(lse), he, dropout_mask, out, scale, **cfg.launch_kwargs(split=False)
+            xp, prototypes, lse32(lse), he, dropout_mask, out, scale, **cfg.launch_kwargs(split=False)
         )
     return out
 
 
 def _reduce(part: Tensor, splits: int, dtype: torch.dtype) -> Tensor:
     """Sum the split-N partials ``(B, S, ...)``; with one split the kernel already wrote the result."""
-    return _as(part.squeeze(1), dtype) if splits == 1 else part.sum(1).to(dtype)
+    return as_dtype(part.squeeze(1), dtype) if splits == 1 else part.sum(1).to(dtype)
 
 
 def aggregate_backward(
@@ -118,7 +111,7 @@ def aggregate_backward(
     b, n, d = x.shape
     m = prototypes.shape[1]
     dtype = x.dtype
-    xp_c, p_c = _as(xp, dtype), _as(prototypes, dtype)
+    xp_c, p_c = as_dtype(xp, dtype), as_dtype(prototypes, dtype)
     dx = torch.empty((b, n, d), dtype=dtype, device=x.device) if dx is None else dx
     dxp_c = torch.empty((b, n, d), dtype=dtype, device=x.device) if dxp is None or dxp.dtype != dtype else dxp
     cfg = with_overrides(hypergraph_bwd_config(b, n, m, d, dtype, x.device), config)
@@ -129,11 +122,11 @@ def aggregate_backward(
             kernels.hypergraph_bwd.launch_hypergraph_bwd(
                 xp_c,
                 p_c,
-                _lse32(lse),
+                lse32(lse),
                 dropout_mask,
                 dhe,
                 he,
-                None if dlse is None else _lse32(dlse),
+                None if dlse is None else lse32(dlse),
                 x,
                 dxp_c,
                 dx,
@@ -150,7 +143,7 @@ def aggregate_backward(
     if dxp is not None and dxp is not dxp_c:
         dxp.copy_(dxp_c)
         dxp_c = dxp
-    return dx, _as(dxp_c, xp.dtype), _reduce(dp_part, splits, prototypes.dtype)
+    return dx, as_dtype(dxp_c, xp.dtype), _reduce(dp_part, splits, prototypes.dtype)
 
 
 def scatter_backward(
@@ -169,8 +162,8 @@ def scatter_backward(
     b, n, d = xp.shape
     m = prototypes.shape[1]
     dtype = he.dtype
-    xp_c, p_c = _as(xp, dtype), _as(prototypes, dtype)
-    dxn = _as(dxn, dtype)
+    xp_c, p_c = as_dtype(xp, dtype), as_dtype(prototypes, dtype)
+    dxn = as_dtype(dxn, dtype)
     dxp_c = torch.empty((b, n, d), dtype=dtype, device=he.device) if dxp is None or dxp.dtype != dtype else dxp
     cfg = with_overrides(hypergraph_bwd_config(b, n, m, d, dtype, he.device), config)
     splits = max(1, -(-n // cfg.tokens_per_split))
@@ -183,7 +176,7 @@ def scatter_backward(
             kernels.hypergraph_bwd.launch_hypergraph_bwd(
                 xp_c,
                 p_c,
-                _lse32(lse),
+                lse32(lse),
                 dropout_mask,
                 he,
                 None,
@@ -205,7 +198,7 @@ def scatter_backward(
         dxp.copy_(dxp_c)
         dxp_c = dxp
     return (
-        _as(dxp_c, xp.dtype),
+        as_dtype(dxp_c, xp.dtype),
         _reduce(dp_part, splits, prototypes.dtype),
         _reduce(dlse_part, splits, lse.dtype),
         _reduce(dhe_part, splits, he.dtype),
