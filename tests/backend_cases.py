@@ -48,3 +48,25 @@ def count_calls(monkeypatch, op: str, name: str) -> list[bool]:
     original = getattr(backend, entry)
     monkeypatch.setattr(backend, entry, lambda *a, **k: calls.append(exporting()) or original(*a, **k))
     return calls
+
+
+def gpu_kernels(fn) -> list[str]:
+    """Names of the CUDA kernels that ``fn()`` launched (PyTorch profiler): proof of what ran."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def capture_cuda_graph(fn, warmups: int = 1) -> tuple[torch.cuda.CUDAGraph, object]:
+    """``fn()`` warmed up on a side stream, then captured into a CUDA graph: ``(graph, its static output)``."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from backend_cases import AREA_BACKENDS, HYPERGRAPH_BACKENDS
+from backend_cases import AREA_BACKENDS, HYPERGRAPH_BACKENDS, capture_cuda_graph, gpu_kernels
 from ultralytics import YOLO
 
 import yolo13_attn
@@ -54,21 +54,13 @@ def test_cuda_graph_capture_matches_eager(backend):
     static = torch.rand(2, 3, 320, 256, device="cuda", dtype=torch.half)
     with torch.no_grad():
         eager = model(static)[0].clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                model(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = model(static)[0]
+        graph, captured = capture_cuda_graph(lambda: model(static)[0], warmups=2)
         fresh = torch.rand_like(static)
         static.copy_(fresh)
         graph.replay()
         torch.cuda.synchronize()
         expected = model(fresh)[0]
-        replayed = profiled_kernels(graph.replay)
+        replayed = gpu_kernels(graph.replay)
     torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-2)
     assert not torch.equal(captured, eager)  # the replay computed the new input
     assert ran(replayed, BACKEND_KERNELS[backend]), f"{backend} kernels missing in the replay: {sorted(set(replayed))}"
@@ -230,13 +222,6 @@ BACKEND_KERNELS = {
 TRAIN_KERNELS = {"triton": ("area_attention_bwd_dq_kernel", "hypergraph_bwd_kernel"), "flash": ("flash",)}
 
 
-def profiled_kernels(fn) -> list[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
 def ran(kernels: list[str], patterns: tuple[str, ...]) -> bool:
     return all(any(alt in k.lower() for k in kernels for alt in p.lower().split("|")) for p in patterns)
 
@@ -264,7 +249,7 @@ def test_compiled_patched_model_runs_the_backends_kernels(backend, compile_kwarg
     with torch.no_grad():
         for _ in range(3):  # compile (cold), then reduce-overhead's recording and CUDA-graph runs
             compiled(x)
-        kernels = profiled_kernels(lambda: compiled(x))
+        kernels = gpu_kernels(lambda: compiled(x))
     assert ran(kernels, BACKEND_KERNELS[backend]), f"{backend} kernels missing under compile: {sorted(set(kernels))}"
     assert softmax_launches(kernels) <= DFL_SOFTMAX, "inductor ran the reference's softmax for attention layers"
 
@@ -285,7 +270,7 @@ def test_unpatched_compiled_model_runs_softmax_kernels_for_its_attention():
     x = torch.rand(2, 3, 320, 256, device="cuda", dtype=torch.half)
     with torch.no_grad():
         compiled(x)
-        kernels = profiled_kernels(lambda: compiled(x))
+        kernels = gpu_kernels(lambda: compiled(x))
     assert softmax_launches(kernels) > DFL_SOFTMAX + 4, sorted(set(kernels))
 
 
@@ -301,7 +286,7 @@ def test_max_autotune_compiled_layers_run_the_backends_kernels(backend):
         x = torch.randn(shape, device="cuda", dtype=torch.half)
         with torch.no_grad():
             compiled(x)
-            kernels = profiled_kernels(functools.partial(compiled, x))
+            kernels = gpu_kernels(functools.partial(compiled, x))
         expected = BACKEND_KERNELS[backend][:1] if isinstance(layer, AAttn) else BACKEND_KERNELS["triton"][1:]
         assert ran(kernels, expected), sorted(set(kernels))
         assert softmax_launches(kernels) == 0
@@ -324,7 +309,7 @@ def test_compiled_training_step_runs_the_backends_kernels(backend):
         (out["boxes"].float().sum() + out["scores"].float().sum()).backward()
 
     step()
-    kernels = profiled_kernels(step)
+    kernels = gpu_kernels(step)
     assert ran(kernels, BACKEND_KERNELS[backend] + TRAIN_KERNELS[backend]), sorted(set(kernels))
     assert softmax_launches(kernels) == 0, "the reference's softmax ran (train mode has no DFL)"
 
@@ -340,7 +325,7 @@ def test_ultralytics_predict_compile_option_runs_the_backends_kernels():
     yolo13_attn.patch(yolo, "triton")
     args = {"imgsz": 256, "device": 0, "half": True, "compile": True, "verbose": False}
     yolo.predict(ASSETS / "bus.jpg", **args)  # compiles
-    kernels = profiled_kernels(lambda: yolo.predict(ASSETS / "bus.jpg", **args))
+    kernels = gpu_kernels(lambda: yolo.predict(ASSETS / "bus.jpg", **args))
     assert ran(kernels, BACKEND_KERNELS["triton"]), sorted(set(kernels))
     assert softmax_launches(kernels) <= DFL_SOFTMAX
 

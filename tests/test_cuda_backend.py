@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 import torch
+from backend_cases import capture_cuda_graph, gpu_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
@@ -260,13 +261,6 @@ def test_cuda_bad_inputs_raise_clear_errors(change, error):
 # ---- GPU: torch.compile and CUDA graphs ------------------------------------------------------------------
 
 
-def _cuda_kernels(fn) -> list[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
 def _patched_aattn(dtype=torch.float16):
     layer = randomize_weights(AAttn(128, 4, area=4)).eval().to("cuda", dtype)  # head_dim 32
     yolo13_attn.patch(layer, {"area": "cuda"})
@@ -284,7 +278,7 @@ def test_cuda_backend_compiles_fullgraph_and_runs_its_kernel():
         # inductor re-fuses the convolutions around the op (fp16 rounding moves): a loose bound here, the
         # kernel's own accuracy is checked above
         torch.testing.assert_close(compiled(x), expected, rtol=1e-2, atol=1e-2)
-        kernels = _cuda_kernels(lambda: compiled(x))
+        kernels = gpu_kernels(lambda: compiled(x))
     assert any("area_attention_fwd_" in k for k in kernels), sorted(set(kernels))
 
 
@@ -294,16 +288,9 @@ def test_cuda_backend_captures_into_a_cuda_graph():
     layer = _patched_aattn()
     static = torch.randn(2, 128, 20, 16, device="cuda", dtype=torch.float16)
     with torch.no_grad():
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            layer(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = layer(static)
+        graph, captured = capture_cuda_graph(lambda: layer(static))
         static.copy_(torch.randn_like(static))
-        kernels = _cuda_kernels(graph.replay)
+        kernels = gpu_kernels(graph.replay)
         expected = layer(static)
     torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-3)
     assert any("area_attention_fwd_" in k for k in kernels), sorted(set(kernels))
@@ -316,6 +303,6 @@ def test_cuda_training_step_compiles_and_runs_the_backward_kernels():
     yolo13_attn.patch(layer, {"area": "cuda"})
     x = torch.randn(2, 128, 20, 16, device="cuda", dtype=torch.bfloat16)
     compiled = torch.compile(layer, fullgraph=True)
-    kernels = _cuda_kernels(lambda: compiled(x).float().square().mean().backward())
+    kernels = gpu_kernels(lambda: compiled(x).float().square().mean().backward())
     for name in ("area_attention_fwd_", "area_attention_bwd_dkdv_kernel", "area_attention_bwd_dq_kernel"):
         assert any(name in k for k in kernels), (name, sorted(set(kernels)))

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from backend_cases import count_calls
+from backend_cases import capture_cuda_graph, count_calls, gpu_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
@@ -286,13 +286,6 @@ def test_cuda_hypergraph_python_entry_points_check_sizes(shape):
 # ---- torch.compile and CUDA graphs ---------------------------------------------------------------------------
 
 
-def _cuda_kernels(fn) -> list[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
 def _ran_both(kernels: list[str]) -> bool:
     return any("aggregate_kernel" in k for k in kernels) and any("scatter_kernel" in k for k in kernels)
 
@@ -325,7 +318,7 @@ def test_cuda_hypergraph_compiles_fullgraph_and_runs_its_kernels():
     compiled = torch.compile(layer, fullgraph=True)
     expected = layer(x, xp, p)
     torch.testing.assert_close(compiled(x, xp, p), expected, rtol=1e-3, atol=1e-3)
-    assert _ran_both(_cuda_kernels(lambda: compiled(x, xp, p)))
+    assert _ran_both(gpu_kernels(lambda: compiled(x, xp, p)))
 
 
 @pytest.mark.gpu
@@ -337,16 +330,9 @@ def test_cuda_hypergraph_captures_into_a_cuda_graph():
     yolo13_attn.patch(layer, {"hypergraph": "cuda"})
     static = torch.randn(4, 384, 20, 20, device="cuda", dtype=torch.float16)
     with torch.no_grad():
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            layer(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = layer(static)
+        graph, captured = capture_cuda_graph(lambda: layer(static))
         static.copy_(torch.randn_like(static))
-        kernels = _cuda_kernels(graph.replay)
+        kernels = gpu_kernels(graph.replay)
         expected = layer(static)
     torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-3)
     assert _ran_both(kernels), sorted(set(kernels))
