@@ -1,9 +1,10 @@
 """Whole models: patched vs unpatched against a float64 reference model (issues 3 and 4).
 
 Weights are seeded random (``randomize_weights``) with BatchNorm calibrated on an image batch,
-so activations stay O(1) and the attention layers actually move the output. Compared, each
-with the 2x rule against float64: every patched layer's output for the very input it sees in
-the float64 reference forward (so upstream rounding is not counted twice), and the detections.
+so activations stay O(1) and the attention layers actually move the output. Compared against
+float64: every patched layer's output for the very input it sees in the float64 reference forward
+(so upstream rounding is not counted twice) with the 2x rule, and the detections within 4x of
+plain PyTorch's error (rounding differences grow chaotically through the rest of the network).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def test_model_equivalence_patched_vs_unpatched(reference_models, name, op, back
             inp = layer_inputs[layer]
             expected, baseline = modules[0][layer](inp), modules[1][layer](inp.to(dtype))
             assert_flash_rule(modules[2][layer](inp.to(dtype)), expected, baseline, f"{name} {layer} [{backend}]")
-    assert_flash_rule(det, ref64_det, base_det, f"{name} detections [{backend}]")
+    # the 2x rule judges each layer above; through the ~20 layers after the first attention layer a different
+    # (equally accurate) rounding of it grows chaotically, so the detections get 4x: a wrong kernel is off by O(1)
+    assert_flash_rule(det, ref64_det, base_det, f"{name} detections [{backend}]", factor=4.0)
 
 
 TRAINING_BACKENDS = sorted(
