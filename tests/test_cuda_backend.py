@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import torch
-from backend_cases import capture_cuda_graph, gpu_kernels
+from backend_cases import capture_cuda_graph, dtype_id, gpu_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
@@ -26,10 +26,6 @@ CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]
 AREA_BACKEND = get_backend(AREA, "cuda")
 HALF = [torch.float16, torch.bfloat16]
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 # ---- declaration and loader (CPU) ---------------------------------------------------------------------------
@@ -159,7 +155,7 @@ def _case_id(case):
     return f"B{b}-h{heads}-N{h * w}-L{h * w // area}" + ("-cl" if cl else "")
 
 
-@pytest.mark.parametrize("dtype", HALF, ids=_name)
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
 @pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c), marks=gpu) for c in AREA_CASES])
 def test_cuda_area_forward_equivalence(case, dtype):
     b, heads, h, w, area, cl = case
@@ -168,7 +164,7 @@ def test_cuda_area_forward_equivalence(case, dtype):
     ref64 = area_attention_reference(q.double(), k.double(), v.double(), area, scale)
     baseline = area_attention_reference(q, k, v, area, scale)
     out, lse = poisoned_call(yolo13_attn.cuda_ops.area_attention_forward, q, k, v, area, scale)
-    what = f"cuda area forward {_case_id(case)} {_name(dtype)}"
+    what = f"cuda area forward {_case_id(case)} {dtype_id(dtype)}"
     assert out.dtype == dtype and out.is_contiguous() and lse.dtype == torch.float32
     assert_flash_rule(out, ref64, baseline, what)
     assert bool(torch.isfinite(lse).all()), f"{what}: lse has unwritten (NaN) elements"
@@ -181,7 +177,7 @@ def test_cuda_area_forward_equivalence(case, dtype):
 GRAD_CASES = [c for c in AREA_CASES if c[2] * c[3] // c[4] <= 400]
 
 
-@pytest.mark.parametrize("dtype", HALF, ids=_name)
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
 @pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c), marks=gpu) for c in GRAD_CASES])
 def test_cuda_area_gradient_equivalence(case, dtype):
     """dq, dk, dv through autograd, q/k/v being strided views of one conv output (its gradient holds all three)."""
@@ -201,7 +197,7 @@ def test_cuda_area_gradient_equivalence(case, dtype):
     out, dbase = run(AREA_BACKEND.forward, base)
     ref64, dref64 = run(area_attention_reference, base.double())
     baseline, dbaseline = run(area_attention_reference, base)
-    what = f"{_case_id(case)} {_name(dtype)}"
+    what = f"{_case_id(case)} {dtype_id(dtype)}"
     assert_flash_rule(out, ref64, baseline, f"cuda area forward {what}")
     for i, name in enumerate("qkv"):
         sl = slice(i * c, (i + 1) * c)
@@ -209,7 +205,7 @@ def test_cuda_area_gradient_equivalence(case, dtype):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
-@pytest.mark.parametrize("dtype", HALF, ids=_name)
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
 @pytest.mark.parametrize("shape", [(2, 3, 3, 26, 2), (1, 2, 40, 40, 4)], ids=["L39", "L400"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -231,7 +227,7 @@ def test_cuda_area_backward_op_writes_everything_equivalence(shape, dtype, chann
     g64, gbase = ref_grads(*(t.double() for t in (q, k, v))), ref_grads(q, k, v)
     for name, got, ref, base in zip("qkv", grads, g64, gbase):
         assert got.is_contiguous() and got.dtype == dtype
-        assert_flash_rule(got, ref, base, f"cuda area backward op d{name} {shape} {_name(dtype)}")
+        assert_flash_rule(got, ref, base, f"cuda area backward op d{name} {shape} {dtype_id(dtype)}")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from backend_cases import capture_cuda_graph, count_calls, gpu_kernels
+from backend_cases import capture_cuda_graph, count_calls, dtype_id, gpu_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
@@ -31,10 +31,6 @@ CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]
 BACKEND = get_backend(HYPERGRAPH, "cuda")
 HALF = [torch.float16, torch.bfloat16]
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 # ---- CPU: declaration and errors without a GPU ----------------------------------------------------------------
@@ -111,12 +107,12 @@ def _case_id(case):
     return f"B{b}-N{h * w}-{h}x{w}-D{d}-M{m}-{layout}" + ("-mask" if mask else "")
 
 
-@pytest.mark.parametrize("dtype", HALF, ids=_name)
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
 @pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c), marks=gpu) for c in CASES])
 def test_cuda_hypergraph_forward_equivalence(case, dtype):
     b, h, w, d, m, with_mask, layout = case
     x, xp, p, mask, scale = _inputs(b, h, w, d, m, dtype, seed=1, mask=with_mask, layout=layout)
-    what = f"{_case_id(case)} {_name(dtype)}"
+    what = f"{_case_id(case)} {dtype_id(dtype)}"
     he64, lse64 = hypergraph_aggregate_reference(x.double(), xp.double(), p.double(), scale, _as(mask, torch.float64))
     he_base, lse_base = hypergraph_aggregate_reference(x, xp, p, scale, mask)
     he, lse = ops.aggregate_forward(x, xp, p, scale, mask, he=poisoned_like(he_base), lse=poisoned_like(lse_base))
@@ -138,7 +134,7 @@ def test_cuda_hypergraph_forward_equivalence(case, dtype):
 
 
 @pytest.mark.parametrize("tokens_per_split", [32, 96, 1 << 20], ids=["split32", "split96", "single"])
-@pytest.mark.parametrize("dtype", HALF, ids=_name)
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
 @pytest.mark.parametrize("layout", ["map", "slices"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -150,7 +146,7 @@ def test_cuda_hypergraph_split_and_combine_equivalence(layout, dtype, tokens_per
     he, lse = ops.aggregate_forward(
         x, xp, p, scale, mask, he=poisoned_like(he_base), lse=poisoned_like(lse_base), tokens_per_split=tokens_per_split
     )
-    what = f"{layout} {_name(dtype)} tokens_per_split={tokens_per_split}"
+    what = f"{layout} {dtype_id(dtype)} tokens_per_split={tokens_per_split}"
     assert_flash_rule(he, he64, he_base, f"cuda aggregate he {what}")
     assert_flash_rule(lse, lse64, lse_base, f"cuda aggregate lse {what}")
 
@@ -182,7 +178,7 @@ def test_cuda_hypergraph_pipeline_depths_equivalence(layout, d, stages):
         assert_flash_rule(lse, lse64, lse_base, f"cuda aggregate lse {what}")
 
 
-@pytest.mark.parametrize("dtype", HALF, ids=_name)
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-mask"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -206,7 +202,7 @@ def test_cuda_hypergraph_patched_layer_equivalence(train, dtype, monkeypatch):
     calls = count_calls(monkeypatch, HYPERGRAPH, "cuda")
     out = run(patched, dtype)
     assert calls, "the patched layer did not call the cuda hypergraph backend"
-    assert_flash_rule(out, ref64, baseline, f"patched AdaHGComputation {_name(dtype)} train={train}")
+    assert_flash_rule(out, ref64, baseline, f"patched AdaHGComputation {dtype_id(dtype)} train={train}")
 
 
 # Malformed calls of the C++ ops, each with a piece of its expected message; run by a child process (below).
