@@ -32,7 +32,7 @@ from pathlib import Path
 import _common as C
 import torch
 import train_step
-from timing import measure_peak, quantile
+from timing import measure_peak, time_calls
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -52,21 +52,6 @@ KINDS = (
 
 def kind_of(kernel: str) -> str:
     return next((kind for kind, pat in KINDS if re.search(pat, kernel)), "other")
-
-
-def _median_ms(fn, reps: int = 10, samples: int = 5) -> float:
-    """Median over ``samples`` of the per-call ms of ``reps`` back-to-back calls (CUDA events)."""
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    out = []
-    for _ in range(samples):
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end) / reps)
-    return quantile(out, 0.5)
 
 
 def layer_inputs(model: torch.nn.Module, img: torch.Tensor) -> list[tuple]:
@@ -108,8 +93,8 @@ def profile_layer(layer: torch.nn.Module, args: tuple) -> dict:
         torch.autograd.backward(forward(), grads)
 
     layer.zero_grad(set_to_none=True)
-    fwd_ms = _median_ms(forward)
-    step_ms = _median_ms(step)
+    fwd_ms = time_calls([forward], "cuda", graph=False, samples=5).median
+    step_ms = time_calls([step], "cuda", graph=False, samples=5).median
     del outs
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
