@@ -22,7 +22,8 @@ def cuda_extensions() -> tuple[list, dict]:
         raise RuntimeError(
             "YOLO13_ATTN_BUILD_CUDA=1 but no CUDA toolkit found: set CUDA_HOME to the folder holding bin/nvcc"
         )
-    archs = os.environ.get("YOLO13_ATTN_CUDA_ARCHS", "80;90").split(";")
+    # sm90 as sm_90a: the forward kernel uses Hopper's wgmma there (sm_90a code runs on every 9.0 GPU)
+    archs = ["90a" if a.strip() == "90" else a for a in os.environ.get("YOLO13_ATTN_CUDA_ARCHS", "80;90").split(";")]
     extension = CUDAExtension(
         "yolo13_attn._C",
         sources,
@@ -30,7 +31,7 @@ def cuda_extensions() -> tuple[list, dict]:
             "cxx": ["-O3"],
             # the flags of the just-in-time build (yolo13_attn/cuda_ops/build.py), one -gencode per architecture
             "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]
-            + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs if a.strip()],
+            + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (x.strip() for x in archs) if a],
         },
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}

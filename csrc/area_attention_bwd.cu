@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(NW * 32) area_attention_bwd_dq_kernel(const Bw
 template <typename T, int D, int NW, bool TD>
 void launch_bwd(const BwdParams<T>& p, cudaStream_t stream) {
   const int64_t delta_blocks = int64_t((p.shape.N + kDeltaThreads - 1) / kDeltaThreads) * p.shape.B * p.shape.H;
-  TORCH_CHECK(delta_blocks < (int64_t(1) << 31), "yolo13_attn cuda area attention: too many blocks");
+  YOLO13_CHECK(delta_blocks < (int64_t(1) << 31), "yolo13_attn cuda area attention: too many blocks");
   area_attention_bwd_delta_kernel<T, D><<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   area_attention_bwd_dkdv_kernel<T, D, NW, TD><<<grid_size(p.shape, 16 * NW), NW * 32, 0, stream>>>(p);
@@ -346,12 +346,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_backward(const at:
   check_operand(v, q, "v");
   check_operand(grad_out, q, "grad_out");
   check_operand(o, q, "o");
-  TORCH_CHECK(o.is_contiguous(), "yolo13_attn cuda area attention backward: o must be contiguous (the forward's)");
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.dim() == 3 &&
+  YOLO13_CHECK(o.is_contiguous(), "yolo13_attn cuda area attention backward: o must be contiguous (the forward's)");
+  YOLO13_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous() && lse.dim() == 3 &&
                   lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(3) &&
                   lse.device() == q.device(),
               "yolo13_attn cuda area attention backward: lse must be the forward's contiguous float32 (B, heads, N)");
-  TORCH_CHECK(std::isfinite(scale) && scale > 0, "yolo13_attn cuda area attention: scale must be finite and > 0, got ",
+  YOLO13_CHECK(std::isfinite(scale) && scale > 0, "yolo13_attn cuda area attention: scale must be finite and > 0, got ",
               scale);
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor dq = at::empty(q.sizes(), q.options());

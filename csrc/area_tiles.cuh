@@ -15,6 +15,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include "checks.cuh"
 #include "mma_sm80.cuh"
 
 namespace yolo13_attn {
@@ -40,7 +41,7 @@ __device__ __forceinline__ ChunkBlock chunk_block(const AreaShape& sh, int rows,
 
 inline unsigned grid_size(const AreaShape& sh, int rows) {
   const int64_t blocks = int64_t((sh.L + rows - 1) / rows) * sh.area * sh.H * sh.B;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "yolo13_attn cuda area attention: too many blocks (", blocks, ")");
+  YOLO13_CHECK(blocks < (int64_t(1) << 31), "yolo13_attn cuda area attention: too many blocks (", blocks, ")");
   return static_cast<unsigned>(blocks);
 }
 
@@ -98,6 +99,25 @@ __device__ __forceinline__ void load_tile(T* s, int pitch, int rows, const T* ba
       // consecutive threads take consecutive tokens (DT) or channels (TD): the smaller stride, usually
       const int t = TD ? i / D : i % rows, d = TD ? i % D : i / rows;
       s[tile_at<TD>(pitch, t, d)] = t < valid ? base[d * sd + (t0 + t) * sn] : zero;
+    }
+  }
+}
+
+// load_tile for a tile of ROWS tokens whose operand takes 16-byte copies (Bhdn::vec), with the shape known at
+// compile time: every thread issues a fixed, unrolled set of copies (no run-time division, few live registers).
+template <typename T, int ROWS, int D, bool TD, int NT>
+__device__ __forceinline__ void load_tile_vec(T* s, const T* base, int64_t sd, int64_t sn, int t0, int valid,
+                                              int tid) {
+  constexpr int PITCH = TileLayout<ROWS, D, TD>::PITCH;
+  constexpr int PER_ROW = TD ? D / 8 : ROWS / 8;  // 16-byte copies per shared-memory row
+  constexpr int COPIES = (TD ? ROWS : D) * PER_ROW;
+#pragma unroll
+  for (int c = 0; c < (COPIES + NT - 1) / NT; ++c) {
+    const int i = tid + c * NT;
+    if (COPIES % NT == 0 || i < COPIES) {
+      const int t = TD ? i / PER_ROW : (i % PER_ROW) * 8, d = TD ? (i % PER_ROW) * 8 : i / PER_ROW;
+      const bool ok = t < valid;
+      cp_async_16(s + tile_at<TD>(PITCH, t, d), ok ? base + d * sd + (t0 + t) * sn : base, ok);
     }
   }
 }
@@ -197,29 +217,29 @@ __device__ __forceinline__ void store_tile(T* out, const T* s, int pitch, int ro
 
 // Check one (B, heads, head_dim, N) operand against q (shape, dtype, device).
 inline void check_operand(const at::Tensor& t, const at::Tensor& q, const char* name) {
-  TORCH_CHECK(t.dim() == 4, "yolo13_attn cuda area attention: ", name,
+  YOLO13_CHECK(t.dim() == 4, "yolo13_attn cuda area attention: ", name,
               " must be 4-D (B, heads, head_dim, N), got ", t.dim(), "-D");
-  TORCH_CHECK(t.sizes() == q.sizes(), "yolo13_attn cuda area attention: ", name, " has shape ", t.sizes(),
+  YOLO13_CHECK(t.sizes() == q.sizes(), "yolo13_attn cuda area attention: ", name, " has shape ", t.sizes(),
               ", q has ", q.sizes());
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), "yolo13_attn cuda area attention: ", name, " is ",
+  YOLO13_CHECK(t.scalar_type() == q.scalar_type(), "yolo13_attn cuda area attention: ", name, " is ",
               t.scalar_type(), ", q is ", q.scalar_type());
-  TORCH_CHECK(t.is_cuda() && t.device() == q.device(), "yolo13_attn cuda area attention: ", name,
+  YOLO13_CHECK(t.is_cuda() && t.device() == q.device(), "yolo13_attn cuda area attention: ", name,
               " must be a CUDA tensor on q's device (", q.device(), "), got ", t.device());
 }
 
 // Validate q (and the chunking) and return the launch shape.
 inline AreaShape check_area(const at::Tensor& q, int64_t area) {
-  TORCH_CHECK(q.dim() == 4, "yolo13_attn cuda area attention: q must be 4-D (B, heads, head_dim, N), got ",
+  YOLO13_CHECK(q.dim() == 4, "yolo13_attn cuda area attention: q must be 4-D (B, heads, head_dim, N), got ",
               q.dim(), "-D");
-  TORCH_CHECK(q.is_cuda(), "yolo13_attn cuda area attention: tensors must be on a CUDA device, got ", q.device());
-  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
+  YOLO13_CHECK(q.is_cuda(), "yolo13_attn cuda area attention: tensors must be on a CUDA device, got ", q.device());
+  YOLO13_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
               "yolo13_attn cuda area attention: dtype must be float16 or bfloat16, got ", q.scalar_type());
-  TORCH_CHECK(q.size(2) == 32, "yolo13_attn cuda area attention: head_dim must be 32 (the kernels are built for "
+  YOLO13_CHECK(q.size(2) == 32, "yolo13_attn cuda area attention: head_dim must be 32 (the kernels are built for "
               "YOLOv13's head_dim 32), got ", q.size(2));
   const int64_t n = q.size(3);
-  TORCH_CHECK(area >= 1 && n % area == 0, "yolo13_attn cuda area attention: N=", n,
+  YOLO13_CHECK(area >= 1 && n % area == 0, "yolo13_attn cuda area attention: N=", n,
               " is not divisible by area=", area);
-  TORCH_CHECK(n < (int64_t(1) << 31) && q.size(0) * q.size(1) < (int64_t(1) << 31),
+  YOLO13_CHECK(n < (int64_t(1) << 31) && q.size(0) * q.size(1) < (int64_t(1) << 31),
               "yolo13_attn cuda area attention: tensor too large for 32-bit token indices");
   return AreaShape{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(n),
                    static_cast<int>(n / area), static_cast<int>(area)};

@@ -328,19 +328,19 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
   check_input(xp, kOp, "xp", x);
   check_input(prototypes, kOp, "prototypes", x);
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2), m = prototypes.size(1);
-  TORCH_CHECK(xp.sizes() == x.sizes(), kOp, ": xp must be shaped like x ", x.sizes(), ", got ", xp.sizes());
-  TORCH_CHECK(prototypes.size(0) == batch && prototypes.size(2) == d, kOp, ": prototypes must be (B, M, D) = (",
+  YOLO13_CHECK(xp.sizes() == x.sizes(), kOp, ": xp must be shaped like x ", x.sizes(), ", got ", xp.sizes());
+  YOLO13_CHECK(prototypes.size(0) == batch && prototypes.size(2) == d, kOp, ": prototypes must be (B, M, D) = (",
               batch, ", M, ", d, "), got ", prototypes.sizes());
   check_dtype_and_sizes(x, kOp, m, d);
   check_mask(dropout_mask, kOp, x, batch, n, m);
   check_scale(scale, kOp);
-  TORCH_CHECK(he.device() == x.device() && he.scalar_type() == x.scalar_type() && he.is_contiguous() &&
+  YOLO13_CHECK(he.device() == x.device() && he.scalar_type() == x.scalar_type() && he.is_contiguous() &&
                   he.sizes() == at::IntArrayRef({batch, m, d}),
               kOp, ": he must be a contiguous (B, M, D) tensor of x's dtype and device");
-  TORCH_CHECK(lse.device() == x.device() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
+  YOLO13_CHECK(lse.device() == x.device() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
                   lse.sizes() == at::IntArrayRef({batch, m}),
               kOp, ": lse must be a contiguous (B, M) float32 tensor on x's device");
-  TORCH_CHECK(n < (int64_t{1} << 30) && batch < 65536, kOp, ": N < 2^30 and B < 65536, got N = ", n, ", B = ",
+  YOLO13_CHECK(n < (int64_t{1} << 30) && batch < 65536, kOp, ": N < 2^30 and B < 65536, got N = ", n, ", B = ",
               batch);
   if (batch * m * d == 0) {
     return;
@@ -353,7 +353,7 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
   }
   const int width = padded_width(d);
   stages = stages == 0 ? (width <= 384 ? 2 : 1) : stages;
-  TORCH_CHECK((stages == 2 && width <= 384) || (stages == 1 && width >= 256), kOp, ": stages=", stages,
+  YOLO13_CHECK((stages == 2 && width <= 384) || (stages == 1 && width >= 256), kOp, ": stages=", stages,
               " is not built for D = ", d, " (2 stages for D <= 384, 1 stage for D > 128)");
   const bool x_cm = x.stride(1) == 1 && x.stride(2) != 1;
   AggregateParams a{};
@@ -430,7 +430,7 @@ void aggregate_out(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> aggregate(const at::Tensor& x, const at::Tensor& xp, const at::Tensor& prototypes,
                                              double scale, const c10::optional<at::Tensor>& dropout_mask) {
-  TORCH_CHECK(x.dim() == 3 && prototypes.dim() == 3, kOp, ": x (B, N, D) and prototypes (B, M, D) must be 3-D, got ",
+  YOLO13_CHECK(x.dim() == 3 && prototypes.dim() == 3, kOp, ": x (B, N, D) and prototypes (B, M, D) must be 3-D, got ",
               x.sizes(), " and ", prototypes.sizes());
   at::Tensor he = at::empty({x.size(0), prototypes.size(1), x.size(2)}, x.options());
   at::Tensor lse = at::empty({x.size(0), prototypes.size(1)}, x.options().dtype(at::kFloat));

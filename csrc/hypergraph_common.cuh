@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "checks.cuh"
 #include "mma_sm80.cuh"
 
 namespace yolo13_attn::hypergraph {
@@ -91,24 +92,24 @@ __device__ __forceinline__ float warp_sum(float x) {
 // ---- host side ------------------------------------------------------------------------------------------------
 
 inline void check_input(const at::Tensor& t, const char* op, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got a tensor on ", t.device());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but the other inputs are on ",
+  YOLO13_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got a tensor on ", t.device());
+  YOLO13_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but the other inputs are on ",
               like.device());
-  TORCH_CHECK(t.dim() == 3, op, ": ", name, " must be 3-D, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+  YOLO13_CHECK(t.dim() == 3, op, ": ", name, " must be 3-D, got shape ", t.sizes());
+  YOLO13_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
               " but the features are ", like.scalar_type(), " (all inputs share one dtype)");
 }
 
 inline void check_dtype_and_sizes(const at::Tensor& t, const char* op, int64_t m, int64_t d) {
-  TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op,
+  YOLO13_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op,
               ": float16 and bfloat16 only, got ", t.scalar_type());
   static_assert(kMaxM == 16 && kMaxD == 512, "the messages below name the limits");
-  TORCH_CHECK(m <= 16, op, ": at most 16 hyperedges (M), got ", m);
-  TORCH_CHECK(d <= 512, op, ": feature width D at most 512, got ", d);
+  YOLO13_CHECK(m <= 16, op, ": at most 16 hyperedges (M), got ", m);
+  YOLO13_CHECK(d <= 512, op, ": feature width D at most 512, got ", d);
 }
 
 inline void check_scale(double scale, const char* op) {
-  TORCH_CHECK(std::isfinite(scale) && scale > 0, op, ": scale must be finite and > 0, got ", scale);
+  YOLO13_CHECK(std::isfinite(scale) && scale > 0, op, ": scale must be finite and > 0, got ", scale);
 }
 
 inline void check_mask(const c10::optional<at::Tensor>& mask, const char* op, const at::Tensor& like, int64_t b,
@@ -117,7 +118,7 @@ inline void check_mask(const c10::optional<at::Tensor>& mask, const char* op, co
     return;
   }
   check_input(*mask, op, "dropout_mask", like);
-  TORCH_CHECK(mask->size(0) == b && mask->size(1) == n && mask->size(2) == m, op, ": dropout_mask must be (B, N, M) = (",
+  YOLO13_CHECK(mask->size(0) == b && mask->size(1) == n && mask->size(2) == m, op, ": dropout_mask must be (B, N, M) = (",
               b, ", ", n, ", ", m, "), got ", mask->sizes());
 }
 
@@ -174,7 +175,7 @@ inline int device_attribute(cudaDeviceAttr attribute) {
 template <typename Kernel>
 void set_smem(Kernel kernel, size_t bytes, const char* op) {
   const size_t limit = static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
-  TORCH_CHECK(bytes <= limit, op, ": needs ", bytes, " bytes of shared memory per block for this feature width, the ",
+  YOLO13_CHECK(bytes <= limit, op, ": needs ", bytes, " bytes of shared memory per block for this feature width, the ",
               "device allows ", limit);
   if (bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));

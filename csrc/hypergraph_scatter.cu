@@ -147,21 +147,21 @@ void scatter_out(const at::Tensor& xp, const at::Tensor& prototypes, const at::T
   check_input(xp, kOp, "xp", he);
   check_input(prototypes, kOp, "prototypes", he);
   const int64_t batch = xp.size(0), n = xp.size(1), d = xp.size(2), m = prototypes.size(1);
-  TORCH_CHECK(prototypes.size(0) == batch && prototypes.size(2) == d, kOp, ": prototypes must be (B, M, D) = (",
+  YOLO13_CHECK(prototypes.size(0) == batch && prototypes.size(2) == d, kOp, ": prototypes must be (B, M, D) = (",
               batch, ", M, ", d, "), got ", prototypes.sizes());
-  TORCH_CHECK(he.sizes() == prototypes.sizes(), kOp, ": he must be shaped like prototypes ", prototypes.sizes(),
+  YOLO13_CHECK(he.sizes() == prototypes.sizes(), kOp, ": he must be shaped like prototypes ", prototypes.sizes(),
               ", got ", he.sizes());
-  TORCH_CHECK(lse.is_cuda() && lse.device() == he.device() && lse.scalar_type() == at::kFloat &&
+  YOLO13_CHECK(lse.is_cuda() && lse.device() == he.device() && lse.scalar_type() == at::kFloat &&
                   lse.is_contiguous() && lse.sizes() == at::IntArrayRef({batch, m}),
               kOp, ": lse must be a contiguous (B, M) = (", batch, ", ", m, ") float32 tensor on ", he.device(),
               ", got ", lse.scalar_type(), " ", lse.sizes(), " on ", lse.device());
   check_dtype_and_sizes(he, kOp, m, d);
   check_mask(dropout_mask, kOp, he, batch, n, m);
   check_scale(scale, kOp);
-  TORCH_CHECK(out.device() == he.device() && out.scalar_type() == he.scalar_type() && out.is_contiguous() &&
+  YOLO13_CHECK(out.device() == he.device() && out.scalar_type() == he.scalar_type() && out.is_contiguous() &&
                   out.sizes() == xp.sizes(),
               kOp, ": out must be a contiguous (B, N, D) tensor of he's dtype and device");
-  TORCH_CHECK(n < (int64_t{1} << 30) && batch < 65536, kOp, ": N < 2^30 and B < 65536, got N = ", n, ", B = ",
+  YOLO13_CHECK(n < (int64_t{1} << 30) && batch < 65536, kOp, ": N < 2^30 and B < 65536, got N = ", n, ", B = ",
               batch);
   if (out.numel() == 0) {
     return;

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -70,3 +73,31 @@ def capture_cuda_graph(fn, warmups: int = 1) -> tuple[torch.cuda.CUDAGraph, obje
     with torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+# The loop a child process runs over ``calls`` [(name, expected message piece, zero-argument call)], printing
+# "start <name>" before each and "ok"/"wrong"/"no-error" after it.
+BAD_CALL_LOOP = """
+for name, expected, call in calls:
+    print("start", name, flush=True)
+    try:
+        call()
+        print("no-error", name, flush=True)
+    except (RuntimeError, NotImplementedError) as err:
+        print("ok" if expected in str(err) else "wrong", name, str(err).splitlines()[0][:300], flush=True)
+"""
+
+
+def assert_bad_calls_raise(setup: str, count: int) -> None:
+    """Run ``setup`` (Python source defining ``calls``, see BAD_CALL_LOOP) in a child process and assert that all
+    ``count`` calls raised an error containing their expected piece. A crash of the child (a C++ check that takes
+    the process down) fails the assertion, naming the call, instead of ending the test session."""
+    proc = subprocess.run([sys.executable, "-c", setup + BAD_CALL_LOOP], capture_output=True, text=True, timeout=600)
+    lines = proc.stdout.splitlines()
+    started = [line.split()[1] for line in lines if line.startswith("start ")]
+    assert proc.returncode == 0, (
+        f"the child process died (exit {proc.returncode}) in call {started[-1] if started else None!r}; "
+        f"stdout: {lines}; stderr tail: {proc.stderr[-1500:]}"
+    )
+    results = [line for line in lines if not line.startswith("start ")]
+    assert len(results) == len(started) == count and all(line.startswith("ok ") for line in results), results

@@ -8,12 +8,13 @@ The compile-only check of ``csrc/`` with nvcc (no GPU) is a CI step: ``python -m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 
 import pytest
 import torch
-from backend_cases import capture_cuda_graph, dtype_id, gpu_kernels
+from backend_cases import assert_bad_calls_raise, capture_cuda_graph, dtype_id, gpu_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
@@ -172,6 +173,67 @@ def test_cuda_area_forward_equivalence(case, dtype):
     # the public op through the backend (custom op with autograd) gives the same
     public = yolo13_attn.area_attention(q, k, v, area, layout="bhdn", backend="cuda")
     assert_flash_rule(public, ref64, baseline, what + " (public op)")
+
+
+# every forward kernel on ragged (L = 21, 100), copyable (L = 104, 400) and long (1600) chunks, both layouts
+KERNEL_CASES = [AREA_CASES[i] for i in (4, 5, 6, 7, 9, 10)]
+EXP_MODES = [pytest.param(m, id=f"exp{m}") for m in sorted(yolo13_attn.cuda_ops.EXP_MODES)]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=dtype_id)
+@pytest.mark.parametrize("exp_mode", EXP_MODES)
+@pytest.mark.parametrize("kernel", sorted(yolo13_attn.cuda_ops.FORWARD_KERNELS))
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c), marks=gpu) for c in KERNEL_CASES])
+def test_cuda_area_each_forward_kernel_equivalence(case, kernel, exp_mode, dtype):
+    """Each forward kernel (the automatic choice runs one of them per shape) in each exponential mode:
+    NaN-poisoned outputs, flash rule against float64; the resident kernel refuses long chunks."""
+    b, heads, h, w, area, cl = case
+    (q, k, v), _ = _qkv(b, heads, h, w, dtype, seed=6, channels_last=cl)
+    scale = 32**-0.5
+    fwd = functools.partial(yolo13_attn.cuda_ops.area_attention_forward, kernel=kernel, exp_mode=exp_mode)
+    if kernel == 1 and h * w // area > 640:
+        with pytest.raises(ValueError, match="resident kernel takes chunks of at most 640"):
+            fwd(q, k, v, area, scale)
+        return
+    out, lse = poisoned_call(fwd, q, k, v, area, scale)
+    what = f"cuda area forward kernel {kernel} exp mode {exp_mode} {_case_id(case)} {dtype_id(dtype)}"
+    ref64 = area_attention_reference(q.double(), k.double(), v.double(), area, scale)
+    assert_flash_rule(out, ref64, area_attention_reference(q, k, v, area, scale), what)
+    torch.testing.assert_close(lse.double(), _lse64(q, k, area, scale), rtol=0, atol=2e-3, msg=what)
+
+
+# Malformed calls of the C++ area-attention ops themselves (past the Python checks), each with a piece of its
+# expected message; run by a child process.
+_BAD_AREA_CALLS = r"""
+import torch
+from yolo13_attn.cuda_ops import area
+
+area.ensure_loaded()
+fwd, cfg = torch.ops.yolo13_attn.cuda_area_attention, torch.ops.yolo13_attn.cuda_area_attention_config
+bwd = torch.ops.yolo13_attn.cuda_area_attention_backward
+q = torch.randn(2, 3, 32, 40, device="cuda", dtype=torch.half)
+o, lse = cfg(q, q, q, 4, 0.2, 0, -1)
+calls = [
+    ("area", "N=40 is not divisible by area=3", lambda: fwd(q, q, q, 3, 0.2)),
+    ("head-dim", "head_dim must be 32", lambda: fwd(q[:, :, :16], q[:, :, :16], q[:, :, :16], 4, 0.2)),
+    ("float32", "dtype must be float16 or bfloat16", lambda: fwd(q.float(), q.float(), q.float(), 4, 0.2)),
+    ("cpu", "'CPU' backend", lambda: fwd(q.cpu(), q.cpu(), q.cpu(), 4, 0.2)),
+    ("rank", "must be 4-D", lambda: fwd(q[0], q[0], q[0], 4, 0.2)),
+    ("k-shape", "k has shape", lambda: fwd(q, q[:1], q, 4, 0.2)),
+    ("scale", "scale must be finite and > 0", lambda: fwd(q, q, q, 4, float("inf"))),
+    ("kernel", "), got 99", lambda: cfg(q, q, q, 4, 0.2, 99, 2)),
+    ("exp-mode", "exp_mode must be -1, 0, 1 or 2, got 7", lambda: cfg(q, q, q, 4, 0.2, 0, 7)),
+    ("lse", "lse", lambda: bwd(o, q, q, q, o, lse.double(), 4, 0.2)),
+]
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_area_ops_bad_inputs_raise_clear_errors():
+    """Every malformed call of the C++ area ops raises a RuntimeError naming the constraint (their checks build
+    messages without C++ streams, csrc/checks.cuh: a failing check used to crash the process)."""
+    assert_bad_calls_raise(_BAD_AREA_CALLS, 10)
 
 
 GRAD_CASES = [c for c in AREA_CASES if c[2] * c[3] // c[4] <= 400]

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import copy
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from backend_cases import capture_cuda_graph, count_calls, dtype_id, gpu_kernels
+from backend_cases import assert_bad_calls_raise, capture_cuda_graph, count_calls, dtype_id, gpu_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
@@ -233,31 +231,15 @@ calls = [
     ("width", "feature width D at most 512", lambda: agg(wide, wide, wide[:, :4], 0.1, None)),
     ("hyperedges", "at most 16 hyperedges", lambda: agg(x, xp, p.repeat(1, 5, 1), 0.1, None)),
 ]
-for name, expected, call in calls:
-    print("start", name, flush=True)
-    try:
-        call()
-        print("no-error", name, flush=True)
-    except (RuntimeError, NotImplementedError) as err:
-        print("ok" if expected in str(err) else "wrong", name, str(err).splitlines()[0][:300], flush=True)
 """
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_cuda_hypergraph_bad_inputs_raise_clear_errors():
-    """Every malformed call of the C++ ops raises an error naming the constraint. The calls run in a child
-    process, so that a crash (the M > 16 check once took the process down with torch 2.11, see csrc/README.md)
-    fails this test, naming the call, instead of ending the test session."""
-    proc = subprocess.run([sys.executable, "-c", _BAD_CALLS], capture_output=True, text=True, timeout=600)
-    lines = proc.stdout.splitlines()
-    started = [line.split()[1] for line in lines if line.startswith("start ")]
-    assert proc.returncode == 0, (
-        f"the child process died (exit {proc.returncode}) in call {started[-1] if started else None!r}; "
-        f"stdout: {lines}; stderr tail: {proc.stderr[-1500:]}"
-    )
-    results = [line for line in lines if not line.startswith("start ")]
-    assert len(results) == len(started) == 12 and all(line.startswith("ok ") for line in results), results
+    """Every malformed call of the C++ ops raises an error naming the constraint, in a child process (a check
+    that crashed - csrc/checks.cuh - fails the test instead of ending the session)."""
+    assert_bad_calls_raise(_BAD_CALLS, 12)
 
 
 @pytest.mark.parametrize("shape", [(2, 20, 64), (2, 4, 520)], ids=["M20", "D520"])

@@ -61,12 +61,13 @@ class CudaAreaAttention(_CudaDeclaration, AreaAttentionBackend):
 
     @classmethod
     def plan(cls, call: OpCall) -> KernelPlan:
-        kernel = "cuda area_attention_fwd_{resident,stream}_kernel" + (
+        kernel = "cuda area_attention_fwd_{wgmma,resident,tiled}_kernel (per shape)" + (
             " + delta/dkdv/dq kernels" if call.requires_grad else ""
         )
-        note = "fp32 accumulation and softmax maxima; mma.sync (sm80 instructions, also on sm90)"
-        if call.dtype == torch.float16:
-            note += "; exponentials on packed halves unless YOLO13_ATTN_CUDA_EXP16=0"
+        note = (
+            "fp32 accumulation, softmax maxima and exponentials; wgmma on sm90 for small grids, mma.sync otherwise; "
+            "row sums of the rounded P on the tensor cores"
+        )
         return KernelPlan(kernel, call.dtype, note)
 
     @classmethod

@@ -6,10 +6,19 @@ Importing this package builds and loads nothing: :func:`build.load_extension` (c
 from then on.
 """
 
-from .area import area_attention, area_attention_backward, area_attention_forward, ensure_loaded
+from .area import (
+    EXP_MODES,
+    FORWARD_KERNELS,
+    area_attention,
+    area_attention_backward,
+    area_attention_forward,
+    ensure_loaded,
+)
 from .build import CudaExtensionError, availability_reasons, build_info, load_extension
 
 __all__ = [
+    "EXP_MODES",
+    "FORWARD_KERNELS",
     "CudaExtensionError",
     "area_attention",
     "area_attention_backward",

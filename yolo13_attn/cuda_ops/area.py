@@ -18,6 +18,7 @@ from ..kernel_glue import area_backward_fake, area_backward_with, area_forward_f
 from .build import load_extension
 
 FORWARD = "yolo13_attn::cuda_area_attention"
+FORWARD_CONFIG = "yolo13_attn::cuda_area_attention_config"
 BACKWARD = "yolo13_attn::cuda_area_attention_backward"
 
 _registered = False
@@ -30,6 +31,9 @@ def ensure_loaded() -> None:
         return
     load_extension()
     torch.library.register_fake(FORWARD)(area_forward_fake)
+    torch.library.register_fake(FORWARD_CONFIG)(
+        lambda q, k, v, area, scale, kernel, exp_mode: area_forward_fake(q, k, v, area, scale)
+    )
     torch.library.register_fake(BACKWARD)(area_backward_fake)
     backward = area_backward_with(lambda *args: torch.ops.yolo13_attn.cuda_area_attention_backward(*args))
     torch.library.register_autograd(FORWARD, backward, setup_context=area_setup_context)
@@ -37,6 +41,26 @@ def ensure_loaded() -> None:
 
 
 HEAD_DIMS = (32,)  #: the head widths the kernels are compiled for (csrc/area_attention_*.cu)
+
+RESIDENT_MAX_TOKENS = 640  #: kResidentRows of csrc/area_attention_fwd.cu
+
+#: the forward kernels of csrc/area_attention_fwd.cu by number (``kernel=`` of area_attention_forward; 0 = the
+#: automatic choice per shape, see kernel_for there)
+FORWARD_KERNELS = {
+    1: "resident: the whole chunk's K/V in shared memory (chunks of at most 640 tokens)",
+    2: "tiled: 64 query rows x 64-key blocks, 2 stages (any chunk)",
+    3: "wgmma: 64 query rows x 32-key blocks, 3 stages (sm90, channel-major 16-byte-copyable operands; else 2)",
+    4: "wgmma: 64 query rows x 32-key blocks, 2 stages (sm90, channel-major 16-byte-copyable operands; else 2)",
+    5: "wgmma: 64 query rows x 64-key blocks, 4 stages (sm90, channel-major 16-byte-copyable operands; else 2)",
+}
+
+#: how the mma.sync kernels (1, 2) compute P and its row sums (``exp_mode=``; None = 2 for float16, 0 for
+#: bfloat16, whose 8-bit P blurs the row sums and so the lse of short chunks; the wgmma kernels always use 2)
+EXP_MODES = {
+    0: "fp32 exponentials, row sums added in fp32 (bfloat16 default)",
+    1: "exponentials on packed halves, row sums on the tensor cores (float16; bfloat16 takes mode 2)",
+    2: "fp32 exponentials rounded to P's dtype, row sums of that P on the tensor cores (float16 default)",
+}
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> None:
@@ -60,11 +84,26 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> No
         raise ValueError(f"scale must be finite and > 0, got {scale}")
 
 
-def area_attention_forward(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float) -> tuple[Tensor, Tensor]:
-    """``(o (B, H, D, N) contiguous, lse (B, H, N) float32 base 2)``; no autograd."""
+def area_attention_forward(
+    q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, *, kernel: int = 0, exp_mode: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(o (B, H, D, N) contiguous, lse (B, H, N) float32 base 2)``; no autograd.
+
+    ``kernel`` picks one of :data:`FORWARD_KERNELS` (tests and tuning; 0 = the automatic choice) and
+    ``exp_mode`` one of :data:`EXP_MODES` (None: the default for the dtype)."""
     check_inputs(q, k, v, area, scale)
+    if kernel and kernel not in FORWARD_KERNELS:
+        raise ValueError(f"kernel must be 0 (automatic) or one of {sorted(FORWARD_KERNELS)}, got {kernel}")
+    if kernel == 1 and q.shape[3] // area > RESIDENT_MAX_TOKENS:
+        raise ValueError(
+            f"the resident kernel takes chunks of at most {RESIDENT_MAX_TOKENS} tokens, got {q.shape[3] // area}"
+        )
+    if exp_mode is not None and exp_mode not in EXP_MODES:
+        raise ValueError(f"exp_mode must be None or one of {sorted(EXP_MODES)}, got {exp_mode}")
     ensure_loaded()
-    return torch.ops.yolo13_attn.cuda_area_attention.default(q, k, v, int(area), float(scale))
+    return torch.ops.yolo13_attn.cuda_area_attention_config.default(
+        q, k, v, int(area), float(scale), int(kernel), -1 if exp_mode is None else int(exp_mode)
+    )
 
 
 def area_attention_backward(

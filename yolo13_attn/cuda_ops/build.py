@@ -70,6 +70,9 @@ def device_arch(device: torch.device | int | None = None) -> str:
 
 
 def arch_flags(arch: str) -> list[str]:
+    """nvcc's ``-gencode`` for ``arch``; sm90 is built as sm_90a (Hopper's wgmma, which the forward kernel uses
+    there; sm_90a code runs on every compute-capability-9.0 GPU)."""
+    arch = "90a" if arch == "90" else arch
     return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
 
 
