@@ -27,6 +27,11 @@ AREA_BACKENDS = available(AREA)
 HYPERGRAPH_BACKENDS = available(HYPERGRAPH)
 
 
+def environment_reasons(op: str, backend: str, device: str, dtype: torch.dtype) -> list[str]:
+    """Why ``backend`` cannot run ``op`` at all on ``device`` in ``dtype`` (patch() raises for such a model)."""
+    return get_backend(op, backend).environment_reasons(OpCall(op, torch.device(device), dtype, 32, False))
+
+
 def skip_unless_supported(op: str, backend: str, call: OpCall) -> None:
     """Skip (with the backend's own reasons) a combination the backend declares it cannot serve."""
     reasons = get_backend(op, backend).not_supported_reasons(call)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backend_cases import DEVICES, DTYPES, HYPERGRAPH_BACKENDS, backend_baseline_dtype, dtype_id, skip_unless_supported
+from backend_cases import (
+    DEVICES,
+    DTYPES,
+    HYPERGRAPH_BACKENDS,
+    backend_baseline_dtype,
+    dtype_id,
+    environment_reasons,
+    skip_unless_supported,
+)
 
 from yolo13_attn import BackendUnsupportedError, hypergraph_aggregate, hypergraph_scatter
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
@@ -165,7 +173,10 @@ def test_hypergraph_layer_equivalence_same_random_state(backend, device, train):
     layer = randomize_weights(AdaHGComputation(64, 8, 4, dropout=0.3), seed=1).to(device).train(train)
     if backend == "triton" and device == "cpu":
         layer = layer.float()
-    dtype = torch.float16 if backend == "flash" else torch.float32
+    dtype = torch.float16 if backend in ("flash", "cuda") else torch.float32  # those two serve fp16/bf16 only
+    reasons = environment_reasons("hypergraph", backend, device, dtype)
+    if reasons:
+        pytest.skip(f"{backend} declares it cannot run here: {'; '.join(reasons)}")
     x = torch.randn(2, 64, 9, 7, device=device)
 
     def run(module, cast):
@@ -178,7 +189,7 @@ def test_hypergraph_layer_equivalence_same_random_state(backend, device, train):
 
     ref64 = run(layer, torch.float64)
     baseline = run(layer, dtype)
-    patched = copy.deepcopy(layer)
+    patched = copy.deepcopy(layer).to(dtype)  # patched in the dtype it runs in (cuda refuses float32 models)
     patch(patched, backend)
     got = run(patched, dtype)
     for what, g, r, p in zip(("output", "dx", "dprototypes"), got, ref64, baseline):

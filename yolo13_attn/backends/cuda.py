@@ -47,10 +47,10 @@ class CudaAreaAttention(_CudaDeclaration, AreaAttentionBackend):
     supports_backward = True
     description = (
         "CUDA C++ area attention (csrc/area_attention_*.cu): reads the strided channel-major (B, heads, 32, N) "
-        "q/k/v in place (16-byte cp.async where the strides allow); chunks <= 640 tokens keep their K/V in "
-        "shared memory, longer ones stream it; online softmax in exp2, mma.sync m16n8k16 tensor cores (sm80 "
-        "instructions, also run on sm90) with fp32 accumulation; FA2-style backward (delta, dk/dv and dq "
-        "kernels, no atomics)"
+        "q/k/v in place (16-byte cp.async where the strides allow); forward kernel chosen per shape: Hopper "
+        "wgmma for small grids on sm90, otherwise mma.sync m16n8k16 with the chunk's K/V resident in shared "
+        "memory (<= 640 tokens) or streamed; online softmax in exp2 with fp32 accumulation; FA2-style backward "
+        "(delta, dk/dv and dq kernels, no atomics)"
     )
 
     @classmethod
