@@ -208,9 +208,9 @@ __device__ __forceinline__ void finish_rows(const RowState<D>& st, T* stage, int
 // shared memory once; block `split` owns the chunk's 16-row query groups split, split + splits, ..., and its warps
 // take every warps-th of those, double-buffering their own Q tiles and staging their own outputs, with no
 // block-wide barrier after the K/V copy. (splits > 1 only when there are too few chunks to fill the GPU.)
-template <typename T, int D, bool TD, int EXPM>
-__global__ void __launch_bounds__(kMaxWarps * 32, 2) area_attention_fwd_resident_kernel(const FwdParams<T> p,
-                                                                                        int rows, int splits) {
+template <typename T, int D, bool TD, int EXPM, int MINB>
+__global__ void __launch_bounds__(kMaxWarps * 32, MINB) area_attention_fwd_resident_kernel(const FwdParams<T> p,
+                                                                                           int rows, int splits) {
   constexpr int WBUF = TileLayout<16, D, TD>::ELEMS > TileLayout<16, D, false>::ELEMS
                            ? TileLayout<16, D, TD>::ELEMS
                            : TileLayout<16, D, false>::ELEMS;
@@ -463,14 +463,16 @@ __global__ void __launch_bounds__(128, MINB) area_attention_fwd_wgmma_kernel(con
 #endif
 }
 
-// Warps per block of the resident kernel: the count in [4, 8] that leaves the fewest idle warps in the last
-// round of 16-row groups (fewer groups than 4: one warp each).
-inline int resident_warps(int groups) {
+// Warps per block of the resident kernel, in [4, 8] (fewer groups than 4: one warp each): with few_rounds, the
+// fewest warps that take the groups in the fewest rounds (more warps per SM where registers allow), else the
+// count that leaves the fewest idle warps in the last round.
+inline int resident_warps(int groups, bool few_rounds) {
   if (groups < 4) return groups;
-  int best = kMaxWarps, best_idle = kMaxWarps;
+  int best = kMaxWarps, best_cost = 1 << 30;
   for (int w = kMaxWarps; w >= 4; --w) {
-    const int idle = w * ((groups + w - 1) / w) - groups;
-    if (idle < best_idle) best = w, best_idle = idle;
+    const int rounds = (groups + w - 1) / w;
+    const int cost = few_rounds ? rounds : w * rounds - groups;
+    if (cost <= best_cost) best = w, best_cost = cost;
   }
   return best;
 }
@@ -485,7 +487,8 @@ inline int sm_count() {
   return n;
 }
 
-template <typename T, int D, bool TD, int EXPM>
+// MINB: blocks per SM the registers are sized for (2: up to 128 registers; 3: 80, with more warps per block).
+template <typename T, int D, bool TD, int EXPM, int MINB>
 void launch_resident(const FwdParams<T>& p, int rows, cudaStream_t stream) {
   constexpr int WBUF = TileLayout<16, D, TD>::ELEMS > TileLayout<16, D, false>::ELEMS
                            ? TileLayout<16, D, TD>::ELEMS
@@ -494,7 +497,7 @@ void launch_resident(const FwdParams<T>& p, int rows, cudaStream_t stream) {
     const int kv = TD ? r * (D + 8) : D * (r + 8);
     return static_cast<int>((2 * kv + warps * 2 * WBUF) * sizeof(T));
   };
-  auto kernel = area_attention_fwd_resident_kernel<T, D, TD, EXPM>;
+  auto kernel = area_attention_fwd_resident_kernel<T, D, TD, EXPM, MINB>;
   static const bool configured = [&] {  // allow the largest resident configuration, once per instantiation
     C10_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes(kResidentRows, kMaxWarps)));
@@ -505,7 +508,7 @@ void launch_resident(const FwdParams<T>& p, int rows, cudaStream_t stream) {
   const int groups = rows / 16;
   const int64_t chunks = int64_t(p.shape.B) * p.shape.area * p.shape.H;
   const int splits = static_cast<int>(std::min<int64_t>(groups, (3 * sm_count() + chunks - 1) / chunks));
-  const int warps = resident_warps((groups + splits - 1) / splits);
+  const int warps = resident_warps((groups + splits - 1) / splits, MINB > 2);
   const unsigned blocks = grid_size(p.shape, p.shape.L) * static_cast<unsigned>(splits);
   kernel<<<blocks, warps * 32, smem_bytes(rows, warps), stream>>>(p, rows, splits);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -542,33 +545,40 @@ inline bool wgmma_device() {
 // The wgmma kernel where it applies (sm90, channel-major operands with 16-byte copies); false otherwise.
 template <typename T, bool TD, int BN, int STAGES, int MINB>
 bool launch_wgmma(const FwdParams<T>& p, cudaStream_t stream) {
-  if (TD || !(p.q.vec && p.k.vec && p.v.vec) || !wgmma_device()) return false;
-  area_attention_fwd_wgmma_kernel<T, BN, STAGES, MINB><<<grid_size(p.shape, 64), 128, 0, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
+  if constexpr (TD) {
+    return false;  // channels-last tiles: not built for wgmma
+  } else {
+    if (!(p.q.vec && p.k.vec && p.v.vec) || !wgmma_device()) return false;
+    area_attention_fwd_wgmma_kernel<T, BN, STAGES, MINB><<<grid_size(p.shape, 64), 128, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
 }
 
 // The forward kernels a caller may ask for (`kernel` of cuda_area_attention_config; tests run each one):
 //   1 resident (chunks of at most kResidentRows tokens);
 //   2 tiled, 4 warps, 64-key blocks, 2 stages (any chunk length);
 //   3 / 4 wgmma, 32-key blocks, 3 / 2 stages, and 5 wgmma, 64-key blocks, 4 stages (sm90, channel-major
-//   16-byte-copyable operands; kernel 2 otherwise).
-constexpr int kKernels = 6;
+//   16-byte-copyable operands; kernel 2 otherwise);
+//   6 resident with registers for 3 blocks per SM (80) and up to 8 warps per block (the automatic choice's).
+constexpr int kKernels = 7;
 
 // The automatic choice (kernel 0), from the H100 tuning sweep (bench/cuda_area_tuning.py, csrc/README.md), by the
 // number of 64-row blocks in the grid: up to 200 (under two per SM: each block's latency is the time) the wgmma
 // kernel with the longest key blocks and deepest prefetch, whatever the chunk length; then, while the chunk fits
 // in shared memory, the lighter wgmma kernels up to ~1.4k blocks (about 1.5 waves of 7 blocks per SM) and the
-// resident kernel beyond (K/V read once per chunk, the fewest instructions); the tiled kernel for longer chunks.
-// The wgmma kernels hand channel-last or unaligned operands, and GPUs other than sm90, to kernel 2; for those the
-// resident kernel is taken whenever the chunk fits.
+// resident kernel with registers for 3 blocks per SM beyond (K/V read once per chunk, the fewest instructions;
+// for chunks of at most 128 tokens already from ~900 blocks); the tiled kernel for longer chunks. The wgmma
+// kernels hand channel-last or unaligned operands, and GPUs other than sm90, to kernel 2; for those the resident
+// kernel is taken whenever the chunk fits.
 inline int kernel_for(const AreaShape& shape, bool wgmma_ok) {
   const int rows = (shape.L + 15) / 16 * 16;
   const int64_t blocks = int64_t(shape.B) * shape.area * shape.H * ((shape.L + 63) / 64);
   if (wgmma_ok && blocks <= 200) return 5;
   if (rows > kResidentRows) return 2;
-  if (wgmma_ok && blocks <= 1400) return blocks <= 400 ? 3 : 4;
-  return 1;
+  const bool short_chunks = rows <= 128 && blocks > 900;  // e.g. 80-token chunks: the resident kernel wins early
+  if (wgmma_ok && blocks <= 1400 && !short_chunks) return blocks <= 400 ? 3 : 4;
+  return 6;
 }
 
 template <typename T, int D, bool TD, int EXPM>
@@ -579,7 +589,7 @@ void launch_fwd(const FwdParams<T>& p, int kernel, cudaStream_t stream) {
     case 1:
       YOLO13_CHECK(rows <= kResidentRows, "yolo13_attn cuda area attention: the resident kernel takes chunks of at most ",
                    kResidentRows, " tokens, got ", p.shape.L);
-      return launch_resident<T, D, TD, EXPM>(p, rows, stream);
+      return launch_resident<T, D, TD, EXPM, 2>(p, rows, stream);
     case 2: return launch_tiled<T, D, TD, EXPM, 4, 64, 2, 4>(p, stream);
     case 3:
       if (!launch_wgmma<T, TD, 32, 3, 6>(p, stream)) launch_tiled<T, D, TD, EXPM, 4, 64, 2, 4>(p, stream);
@@ -590,6 +600,10 @@ void launch_fwd(const FwdParams<T>& p, int kernel, cudaStream_t stream) {
     case 5:
       if (!launch_wgmma<T, TD, 64, 4, 5>(p, stream)) launch_tiled<T, D, TD, EXPM, 4, 64, 2, 4>(p, stream);
       return;
+    case 6:
+      YOLO13_CHECK(rows <= kResidentRows, "yolo13_attn cuda area attention: the resident kernel takes chunks of at most ",
+                   kResidentRows, " tokens, got ", p.shape.L);
+      return launch_resident<T, D, TD, EXPM, 3>(p, rows, stream);
     default: YOLO13_CHECK(false, "yolo13_attn cuda area attention: no forward kernel ", kernel);
   }
 }

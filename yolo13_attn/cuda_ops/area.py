@@ -52,6 +52,7 @@ FORWARD_KERNELS = {
     3: "wgmma: 64 query rows x 32-key blocks, 3 stages (sm90, channel-major 16-byte-copyable operands; else 2)",
     4: "wgmma: 64 query rows x 32-key blocks, 2 stages (sm90, channel-major 16-byte-copyable operands; else 2)",
     5: "wgmma: 64 query rows x 64-key blocks, 4 stages (sm90, channel-major 16-byte-copyable operands; else 2)",
+    6: "resident with registers for 3 blocks per SM and up to 8 warps per block (chunks of at most 640 tokens)",
 }
 
 #: how the mma.sync kernels (1, 2) compute P and its row sums (``exp_mode=``; None = 2 for float16, 0 for
@@ -94,7 +95,7 @@ def area_attention_forward(
     check_inputs(q, k, v, area, scale)
     if kernel and kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be 0 (automatic) or one of {sorted(FORWARD_KERNELS)}, got {kernel}")
-    if kernel == 1 and q.shape[3] // area > RESIDENT_MAX_TOKENS:
+    if kernel in (1, 6) and q.shape[3] // area > RESIDENT_MAX_TOKENS:
         raise ValueError(
             f"the resident kernel takes chunks of at most {RESIDENT_MAX_TOKENS} tokens, got {q.shape[3] // area}"
         )
