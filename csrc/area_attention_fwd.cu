@@ -1,12 +1,11 @@
 // Area attention, forward: softmax(Q K^T * scale) V inside each of `area` contiguous token chunks, reading the
-// strided (B, heads, head_dim, N) conv-output views in place; fp16/bf16 on the tensor cores (mma.sync
-// m16n8k16, ldmatrix, cp.async double buffering: the sm80 instruction set, which sm90 runs as is), fp32
-// accumulation, online softmax in base 2.
-//
-// One block of NW warps takes 16 * NW query tokens of one (batch, chunk, head); each warp owns 16 query rows
-// and walks over the chunk's keys in blocks of 64. Key blocks are loaded while the previous one is computed;
-// in the last (ragged) block whole 16-key steps past the chunk end are skipped and single keys masked, and
-// warps whose 16 rows all lie past the chunk end skip the math. Outputs:
+// strided (B, heads, head_dim, N) conv-output views in place; fp16/bf16 on the tensor cores, fp32 accumulation,
+// online softmax in base 2. Three kernel families (see csrc/README.md and kernel_for below for which one runs):
+//   resident - a block copies its chunk's K/V into shared memory once; each warp takes groups of 16 query rows
+//              (mma.sync m16n8k16, ldmatrix, cp.async: the sm80 instruction set, which sm90 runs as is);
+//   tiled    - a block of 16 * NW query rows streams the chunk's keys through a cp.async ring (mma.sync);
+//   wgmma    - the tiled scheme for one Hopper warpgroup of 64 rows (sm_90a wgmma, wgmma_sm90.cuh).
+// In the last (ragged) key block single keys past the chunk end are masked. Outputs:
 //   o   (B, heads, head_dim, N) contiguous, in the input dtype;
 //   lse (B, heads, N) float32, base 2: max_j(s_j * scale * log2 e) + log2(sum_j exp2(...)), for the backward.
 
@@ -24,7 +23,7 @@
 namespace yolo13_attn {
 namespace {
 
-constexpr int kBlockN = 64;         // keys per step of the softmax loop
+constexpr int kBlockN = 64;         // keys per step of the resident kernel's softmax loop
 constexpr int kResidentRows = 640;  // chunks up to this many (padded) tokens keep all their keys in shared memory
 constexpr int kMaxWarps = 8;
 
