@@ -18,7 +18,11 @@
 //              (n groups of 8 channels) 128; k16 step t starts at 32 D t.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define YOLO13_ATTN_WGMMA 1
@@ -63,13 +67,6 @@ __device__ __forceinline__ void fence_operands(float (&d)[R][C]) {
 // Shared memory written by ordinary stores / cp.async becomes visible to wgmma (the async proxy).
 __device__ __forceinline__ void fence_smem_for_wgmma() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// d (64 x 64, fp32) (+)= a (64 x 16, registers) * B (16 x 64, shared memory); TRANS_B: B is MN-major.
-template <typename T, int TRANS_B>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b, bool accumulate);
-// d (64 x 32, fp32) (+)= a (64 x 16, registers) * B (16 x 32, shared memory).
-template <typename T, int TRANS_B>
-__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b, bool accumulate);
-
 #define YOLO13_WGMMA_D64                                                                                            \
   "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),           \
       "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),       \
@@ -98,41 +95,26 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[4][4], const uint32_t
       : YOLO13_WGMMA_D32                                                                                            \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TRANS_B), "r"(int(accumulate)))
 
-template <>
-__device__ __forceinline__ void wgmma_m64n64k16<__half, 1>(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b,
-                                                           bool accumulate) {
-  constexpr int TRANS_B = 1;
-  YOLO13_WGMMA_N64("f16");
+// d (64 x 64, fp32) (+)= a (64 x 16, registers) * B (16 x 64, shared memory); TRANS_B: B is MN-major.
+template <typename T, int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b,
+                                                bool accumulate) {
+  if constexpr (std::is_same_v<T, __half>) {
+    YOLO13_WGMMA_N64("f16");
+  } else {
+    YOLO13_WGMMA_N64("bf16");
+  }
 }
-template <>
-__device__ __forceinline__ void wgmma_m64n64k16<__nv_bfloat16, 1>(float (&d)[8][4], const uint32_t (&a)[4],
-                                                                  uint64_t b, bool accumulate) {
-  constexpr int TRANS_B = 1;
-  YOLO13_WGMMA_N64("bf16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64n32k16<__half, 1>(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b,
-                                                           bool accumulate) {
-  constexpr int TRANS_B = 1;
-  YOLO13_WGMMA_N32("f16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64n32k16<__nv_bfloat16, 1>(float (&d)[4][4], const uint32_t (&a)[4],
-                                                                  uint64_t b, bool accumulate) {
-  constexpr int TRANS_B = 1;
-  YOLO13_WGMMA_N32("bf16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64n32k16<__half, 0>(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b,
-                                                           bool accumulate) {
-  constexpr int TRANS_B = 0;
-  YOLO13_WGMMA_N32("f16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64n32k16<__nv_bfloat16, 0>(float (&d)[4][4], const uint32_t (&a)[4],
-                                                                  uint64_t b, bool accumulate) {
-  constexpr int TRANS_B = 0;
-  YOLO13_WGMMA_N32("bf16");
+
+// d (64 x 32, fp32) (+)= a (64 x 16, registers) * B (16 x 32, shared memory).
+template <typename T, int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b,
+                                                bool accumulate) {
+  if constexpr (std::is_same_v<T, __half>) {
+    YOLO13_WGMMA_N32("f16");
+  } else {
+    YOLO13_WGMMA_N32("bf16");
+  }
 }
 
 // d (64 x N) (+)= a * B for N = 32 or 64 (the key block of S = Q K^T).
