@@ -80,6 +80,18 @@ def capture_cuda_graph(fn, warmups: int = 1) -> tuple[torch.cuda.CUDAGraph, obje
     return graph, out
 
 
+def graph_replay_kernels(layer: torch.nn.Module, static: torch.Tensor) -> list[str]:
+    """Capture ``layer(static)`` into a CUDA graph, refill ``static`` with new values and replay it: assert the
+    replay equals an eager call on the new input and return the kernels the replay ran."""
+    with torch.no_grad():
+        graph, captured = capture_cuda_graph(lambda: layer(static))
+        static.copy_(torch.randn_like(static))
+        kernels = gpu_kernels(graph.replay)
+        expected = layer(static)
+    torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-3)
+    return kernels
+
+
 # The loop a child process runs over ``calls`` [(name, expected message piece, zero-argument call)], printing
 # "start <name>" before each and "ok"/"wrong"/"no-error" after it.
 BAD_CALL_LOOP = """
