@@ -8,7 +8,8 @@ exponential modes ``EXP_MODES`` asked for) beside the Triton kernel, on the area
 on a CUDA machine that can build the extension. Inputs as ``kernel_sweep.py``'s ``area_core`` builds them
 (q and k the halves of one conv output, v another, heads views of NCHW maps), rotated over sets larger than
 L2, CUDA-graph medians (``bench/timing.py``). Every kernel's output is checked against float64 with the
-flash rule first; a failing one is reported ``FAIL`` and its time is not used. Prints one markdown table
+flash rule first; a failing one is reported ``FAIL`` and its time is not used, a kernel that refuses the
+shape ``n/a``. Prints one markdown table
 (ms per kernel, the fastest marked) and writes all records to ``--out``.
 """
 
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         valid = {n: t for n, t in row["ms"].items() if row["check"][n] == "ok"}
         best = min(valid, key=valid.get)
         cells = [
-            ("**%.4f**" if n == best else "%.4f") % row["ms"][n] if row["check"].get(n) == "ok" else "FAIL"
+            ("**%.4f**" if n == best else "%.4f") % row["ms"][n]
+            if row["check"].get(n) == "ok"
+            else ("n/a" if row["check"].get(n, "").startswith("error") else "FAIL")
             for n in names
         ]
         print(f"| {row['shape']} | {row['batch']} | " + " | ".join(cells) + " |")

@@ -25,6 +25,8 @@
 #                   YOLOv13-n batch 16 and YOLOv13-x batch 8: unpatched, fa2path, auto
 #   train_epochs    YOLO.train, YOLOv13-n batch 16, 20 epochs on a generated dataset: epoch time and
 #                   loss curves, unpatched, fa2path, auto (bench/train_epochs.py)
+#   cuda_tuning     (not in the default list) the cuda backend's forward kernels one by one and its
+#                   automatic choice beside Triton on every area-attention shape (bench/cuda_area_tuning.py)
 # Environment:
 #   RES                 results folder (default bench/results/<gpu>-<date>)
 #   B_SWEEP B_MODEL B_COMPILED B_TRAIN   seconds of budget per part (defaults below)
@@ -89,6 +91,12 @@ if has train_epochs; then
     echo "== YOLO.train epochs and loss curves ($(el))"
     timeout 500 python3 bench/train_epochs.py --out "$RES" >"$RES/train_epochs.log" 2>&1
     echo "  rc $?; $(el)"
+fi
+if has cuda_tuning; then
+    echo "== cuda forward kernels ($(el))"
+    timeout 600 python3 bench/cuda_area_tuning.py --out "$RES/cuda_area_tuning_fp16.json" \
+        >"$RES/cuda_area_tuning_fp16.log" 2>&1
+    echo "  rc $?; $(grep -c FAIL "$RES/cuda_area_tuning_fp16.log") failed cells; $(el)"
 fi
 grep -hiE "traceback|error:" "$RES"/*.log | head -n 10
 echo "== summary ($(el))"
