@@ -203,6 +203,25 @@ __device__ __forceinline__ void finish_rows(const RowState<D>& st, T* stage, int
   }
 }
 
+// The end of a tiled or wgmma block of BM query rows [m0, m0 + m_valid) of one chunk: once every copy has landed
+// and every warp is done with the K/V buffers, each active warp normalises its 16 rows into the staging tile
+// (which overlays them) and writes their lse; then the block stores the tile as contiguous (D, N) rows of o.
+template <typename T, int D, int EXPM, int BM, int NT>
+__device__ __forceinline__ void write_block(const RowState<D>& st, T* stage, const FwdParams<T>& p,
+                                            const ChunkBlock& cb, int m0, int m_valid, bool active) {
+  constexpr int PITCH = TileLayout<BM, D, false>::PITCH;
+  const AreaShape& sh = p.shape;
+  const int64_t head = int64_t(cb.b) * sh.H + cb.h;
+  cp_async_wait<0>();
+  __syncthreads();
+  if (active) {
+    finish_rows<T, D, EXPM>(st, stage, PITCH, (threadIdx.x / 32) * 16, p.lse + head * sh.N + cb.chunk + m0, m_valid);
+  }
+  __syncthreads();
+  store_tile<T, D>(p.o + head * D * sh.N + cb.chunk + m0, stage, PITCH, BM, sh.N, m_valid, p.vec_out, threadIdx.x,
+                   NT);
+}
+
 // Chunks of <= kResidentRows tokens: `splits` blocks per (batch, chunk, head) each copy the chunk's K and V into
 // shared memory once; block `split` owns the chunk's 16-row query groups split, split + splits, ..., and its warps
 // take every warps-th of those, double-buffering their own Q tiles and staging their own outputs, with no
@@ -332,15 +351,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) area_attention_fwd_tiled_kernel
                                         KVTile::PITCH, 0, min(BN, sh.L - j * BN), p.qk_scale);
     }
   }
-  cp_async_wait<0>();
-  __syncthreads();  // the output staging tile overlays the K/V buffers
-  if (active) {
-    finish_rows<T, D, EXPM>(st, smem, OTile::PITCH, r0,
-                             p.lse + (int64_t(cb.b) * sh.H + cb.h) * sh.N + cb.chunk + m0, m_valid);
-  }
-  __syncthreads();
-  T* ob = p.o + (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk + m0;
-  store_tile<T, D>(ob, smem, OTile::PITCH, BM, sh.N, m_valid, p.vec_out, tid, NT);
+  write_block<T, D, EXPM, BM, NT>(st, smem, p, cb, m0, m_valid, active);
 }
 
 #ifdef YOLO13_ATTN_WGMMA
@@ -450,13 +461,7 @@ __global__ void __launch_bounds__(128, MINB) area_attention_fwd_wgmma_kernel(con
     attend_block_wgmma<T, EXPM, BN>(st, qf, kd0 + stage_offset, vd0 + stage_offset, min(BN, sh.L - j * BN),
                                 p.qk_scale);
   }
-  cp_async_wait<0>();
-  __syncthreads();  // the output staging tile overlays Q
-  finish_rows<T, D, EXPM>(st, smem, QTile::PITCH, r0, p.lse + (int64_t(cb.b) * sh.H + cb.h) * sh.N + cb.chunk + m0,
-                          m_valid);
-  __syncthreads();
-  T* ob = p.o + (int64_t(cb.b) * sh.H + cb.h) * D * sh.N + cb.chunk + m0;
-  store_tile<T, D>(ob, smem, QTile::PITCH, BM, sh.N, m_valid, p.vec_out, tid, NT);
+  write_block<T, D, EXPM, BM, NT>(st, smem, p, cb, m0, m_valid, true);
 #else
   __trap();  // the host launches this kernel only on sm90 devices, for which the build emits sm_90a code
 #endif
