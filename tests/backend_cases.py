@@ -32,6 +32,13 @@ def environment_reasons(op: str, backend: str, device: str, dtype: torch.dtype) 
     return get_backend(op, backend).environment_reasons(OpCall(op, torch.device(device), dtype, 32, False))
 
 
+def skip_unless_runs(op: str, backend: str, device: str, dtype: torch.dtype) -> None:
+    """Skip (with the backend's reasons) a device/dtype the backend cannot run at all (patch() would raise)."""
+    reasons = environment_reasons(op, backend, device, dtype)
+    if reasons:
+        pytest.skip(f"{backend} declares it cannot run {op} here (patch() raises): {'; '.join(reasons)}")
+
+
 def skip_unless_supported(op: str, backend: str, call: OpCall) -> None:
     """Skip (with the backend's own reasons) a combination the backend declares it cannot serve."""
     reasons = get_backend(op, backend).not_supported_reasons(call)
@@ -56,6 +63,12 @@ def count_calls(monkeypatch, op: str, name: str) -> list[bool]:
     original = getattr(backend, entry)
     monkeypatch.setattr(backend, entry, lambda *a, **k: calls.append(exporting()) or original(*a, **k))
     return calls
+
+
+def extension_kernels(kernels: list[str]) -> list[str]:
+    """The kernels of the CUDA C++ extension (csrc/, C++ namespace yolo13_attn) among ``kernels``: Triton's
+    kernels share some of their names but carry no namespace, so this tells the cuda backend's from theirs."""
+    return [k for k in kernels if "yolo13_attn" in k]
 
 
 def gpu_kernels(fn) -> list[str]:

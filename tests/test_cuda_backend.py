@@ -14,11 +14,12 @@ import shutil
 
 import pytest
 import torch
-from backend_cases import assert_bad_calls_raise, dtype_id, gpu_kernels, graph_replay_kernels
+from backend_cases import assert_bad_calls_raise, dtype_id, extension_kernels, gpu_kernels, graph_replay_kernels
 
 import yolo13_attn
 from yolo13_attn.backends import AREA, HYPERGRAPH, OpCall, get_backend
 from yolo13_attn.cuda_ops import build
+from yolo13_attn.cuda_ops.area import RESIDENT_KERNELS, RESIDENT_MAX_TOKENS
 from yolo13_attn.nn import AAttn
 from yolo13_attn.ops.reference import area_attention_reference
 from yolo13_attn.testing import assert_flash_rule, randomize_weights
@@ -191,7 +192,7 @@ def test_cuda_area_each_forward_kernel_equivalence(case, kernel, exp_mode, dtype
     (q, k, v), _ = _qkv(b, heads, h, w, dtype, seed=6, channels_last=cl)
     scale = 32**-0.5
     fwd = functools.partial(yolo13_attn.cuda_ops.area_attention_forward, kernel=kernel, exp_mode=exp_mode)
-    if kernel in (1, 6) and h * w // area > 640:
+    if kernel in RESIDENT_KERNELS and h * w // area > RESIDENT_MAX_TOKENS:
         with pytest.raises(ValueError, match="resident kernel takes chunks of at most 640"):
             fwd(q, k, v, area, scale)
         return
@@ -337,7 +338,7 @@ def test_cuda_backend_compiles_fullgraph_and_runs_its_kernel():
         # kernel's own accuracy is checked above
         torch.testing.assert_close(compiled(x), expected, rtol=1e-2, atol=1e-2)
         kernels = gpu_kernels(lambda: compiled(x))
-    assert any("area_attention_fwd_" in k for k in kernels), sorted(set(kernels))
+    assert any("area_attention_fwd_" in k for k in extension_kernels(kernels)), sorted(set(kernels))
 
 
 @pytest.mark.gpu
@@ -346,7 +347,7 @@ def test_cuda_backend_captures_into_a_cuda_graph():
     layer = _patched_aattn()
     static = torch.randn(2, 128, 20, 16, device="cuda", dtype=torch.float16)
     kernels = graph_replay_kernels(layer, static)
-    assert any("area_attention_fwd_" in k for k in kernels), sorted(set(kernels))
+    assert any("area_attention_fwd_" in k for k in extension_kernels(kernels)), sorted(set(kernels))
 
 
 @pytest.mark.gpu
@@ -358,4 +359,4 @@ def test_cuda_training_step_compiles_and_runs_the_backward_kernels():
     compiled = torch.compile(layer, fullgraph=True)
     kernels = gpu_kernels(lambda: compiled(x).float().square().mean().backward())
     for name in ("area_attention_fwd_", "area_attention_bwd_dkdv_kernel", "area_attention_bwd_dq_kernel"):
-        assert any(name in k for k in kernels), (name, sorted(set(kernels)))
+        assert any(name in k for k in extension_kernels(kernels)), (name, sorted(set(kernels)))

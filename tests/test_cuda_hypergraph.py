@@ -15,7 +15,14 @@ import math
 
 import pytest
 import torch
-from backend_cases import assert_bad_calls_raise, count_calls, dtype_id, gpu_kernels, graph_replay_kernels
+from backend_cases import (
+    assert_bad_calls_raise,
+    count_calls,
+    dtype_id,
+    extension_kernels,
+    gpu_kernels,
+    graph_replay_kernels,
+)
 
 import yolo13_attn
 from yolo13_attn.backends import HYPERGRAPH, OpCall, get_backend
@@ -265,7 +272,8 @@ def test_cuda_hypergraph_python_entry_points_check_sizes(shape):
 
 
 def _ran_both(kernels: list[str]) -> bool:
-    return any("aggregate_kernel" in k for k in kernels) and any("scatter_kernel" in k for k in kernels)
+    cpp = extension_kernels(kernels)
+    return any("aggregate_kernel" in k for k in cpp) and any("scatter_kernel" in k for k in cpp)
 
 
 @pytest.mark.gpu

@@ -10,7 +10,7 @@ from backend_cases import (
     HYPERGRAPH_BACKENDS,
     backend_baseline_dtype,
     dtype_id,
-    environment_reasons,
+    skip_unless_runs,
     skip_unless_supported,
 )
 
@@ -174,9 +174,7 @@ def test_hypergraph_layer_equivalence_same_random_state(backend, device, train):
     if backend == "triton" and device == "cpu":
         layer = layer.float()
     dtype = torch.float16 if backend in ("flash", "cuda") else torch.float32  # those two serve fp16/bf16 only
-    reasons = environment_reasons("hypergraph", backend, device, dtype)
-    if reasons:
-        pytest.skip(f"{backend} declares it cannot run here: {'; '.join(reasons)}")
+    skip_unless_runs("hypergraph", backend, device, dtype)
     x = torch.randn(2, 64, 9, 7, device=device)
 
     def run(module, cast):

@@ -13,7 +13,15 @@ import copy
 
 import pytest
 import torch
-from backend_cases import AREA_BACKENDS, DEVICES, HAS_CUDA, HYPERGRAPH_BACKENDS, dtype_id, environment_reasons
+from backend_cases import (
+    AREA_BACKENDS,
+    DEVICES,
+    HAS_CUDA,
+    HYPERGRAPH_BACKENDS,
+    dtype_id,
+    environment_reasons,
+    skip_unless_runs,
+)
 from ultralytics import YOLO
 from ultralytics.cfg import get_cfg
 
@@ -63,9 +71,7 @@ def test_model_equivalence_patched_vs_unpatched(reference_models, name, op, back
         pytest.skip(
             "flash computes fp32 layers in fp16 (as the official model): covered at op level against an fp16 baseline"
         )
-    reasons = environment_reasons(op, backend, device, dtype)
-    if reasons:
-        pytest.skip(f"{backend} declares it cannot run this model at all (patch() raises): {'; '.join(reasons)}")
+    skip_unless_runs(op, backend, device, dtype)
     base = reference_models[name]
     x = torch.rand(2, 3, 128, 96, generator=torch.Generator().manual_seed(0)).to(device)
     ref64 = copy.deepcopy(base).to(device).double()

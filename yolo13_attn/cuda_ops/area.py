@@ -43,6 +43,7 @@ def ensure_loaded() -> None:
 HEAD_DIMS = (32,)  #: the head widths the kernels are compiled for (csrc/area_attention_*.cu)
 
 RESIDENT_MAX_TOKENS = 640  #: kResidentRows of csrc/area_attention_fwd.cu
+RESIDENT_KERNELS = (1, 6)  #: the FORWARD_KERNELS that hold a whole chunk, so refuse longer ones
 
 #: the forward kernels of csrc/area_attention_fwd.cu by number (``kernel=`` of area_attention_forward; 0 = the
 #: automatic choice per shape, see kernel_for there)
@@ -95,7 +96,7 @@ def area_attention_forward(
     check_inputs(q, k, v, area, scale)
     if kernel and kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be 0 (automatic) or one of {sorted(FORWARD_KERNELS)}, got {kernel}")
-    if kernel in (1, 6) and q.shape[3] // area > RESIDENT_MAX_TOKENS:
+    if kernel in RESIDENT_KERNELS and q.shape[3] // area > RESIDENT_MAX_TOKENS:
         raise ValueError(
             f"the resident kernel takes chunks of at most {RESIDENT_MAX_TOKENS} tokens, got {q.shape[3] // area}"
         )

@@ -71,6 +71,13 @@ def check_sizes(prototypes: Tensor) -> None:
         )
 
 
+def _operands(dtype: torch.dtype, xp: Tensor, prototypes: Tensor, dropout_mask: Tensor | None):
+    """Load the ops, check M and D, and bring xp, the prototypes and the mask to the activations' ``dtype``."""
+    ensure_loaded()
+    check_sizes(prototypes)
+    return as_dtype(xp, dtype), as_dtype(prototypes, dtype), as_dtype(dropout_mask, dtype)
+
+
 def aggregate_forward(
     x: Tensor,
     xp: Tensor,
@@ -89,10 +96,8 @@ def aggregate_forward(
     32 vertices; automatic: about one wave of resident blocks); ``stages`` the number of shared-memory tile
     buffers of the aggregation kernel (2 for D <= 384, 1 for D > 128; automatic: 2, and 1 above 384).
     """
-    ensure_loaded()
-    check_sizes(prototypes)
     dtype = x.dtype
-    xp, prototypes, dropout_mask = as_dtype(xp, dtype), as_dtype(prototypes, dtype), as_dtype(dropout_mask, dtype)
+    xp, prototypes, dropout_mask = _operands(dtype, xp, prototypes, dropout_mask)
     b, _, d = x.shape
     m = prototypes.shape[1]
     he = torch.empty((b, m, d), dtype=dtype, device=x.device) if he is None else he
@@ -114,10 +119,8 @@ def scatter_forward(
     out: Tensor | None = None,
 ) -> Tensor:
     """``xn (B, N, D)`` contiguous in he's dtype, written into ``out`` when given."""
-    ensure_loaded()
-    check_sizes(prototypes)
     dtype = he.dtype
-    xp, prototypes, dropout_mask = as_dtype(xp, dtype), as_dtype(prototypes, dtype), as_dtype(dropout_mask, dtype)
+    xp, prototypes, dropout_mask = _operands(dtype, xp, prototypes, dropout_mask)
     out = torch.empty(xp.shape, dtype=dtype, device=he.device) if out is None else out
     torch.ops.yolo13_attn.cuda_hypergraph_scatter_out(xp, prototypes, lse32(lse), he, float(scale), dropout_mask, out)
     return out
@@ -127,21 +130,13 @@ def hypergraph_aggregate(
     x: Tensor, xp: Tensor, prototypes: Tensor, scale: float, dropout_mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Vertex -> hyperedge aggregation through the custom op: ``(he (B, M, D), lse (B, M) float32)``."""
-    ensure_loaded()
-    check_sizes(prototypes)
-    dtype = x.dtype
-    return torch.ops.yolo13_attn.cuda_hypergraph_aggregate(
-        x, as_dtype(xp, dtype), as_dtype(prototypes, dtype), float(scale), as_dtype(dropout_mask, dtype)
-    )
+    xp, prototypes, dropout_mask = _operands(x.dtype, xp, prototypes, dropout_mask)
+    return torch.ops.yolo13_attn.cuda_hypergraph_aggregate(x, xp, prototypes, float(scale), dropout_mask)
 
 
 def hypergraph_scatter(
     xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float, dropout_mask: Tensor | None = None
 ) -> Tensor:
     """Hyperedge -> vertex scatter through the custom op: ``xn (B, N, D)`` in he's dtype."""
-    ensure_loaded()
-    check_sizes(prototypes)
-    dtype = he.dtype
-    return torch.ops.yolo13_attn.cuda_hypergraph_scatter(
-        as_dtype(xp, dtype), as_dtype(prototypes, dtype), lse32(lse), he, float(scale), as_dtype(dropout_mask, dtype)
-    )
+    xp, prototypes, dropout_mask = _operands(he.dtype, xp, prototypes, dropout_mask)
+    return torch.ops.yolo13_attn.cuda_hypergraph_scatter(xp, prototypes, lse32(lse), he, float(scale), dropout_mask)
