@@ -70,7 +70,7 @@ class _Clock:
         return (time.perf_counter() - t0) * 1e3
 
 
-def _capture(calls: Sequence[Callable[[], object]], k: int) -> torch.cuda.CUDAGraph:
+def capture_graph(calls: Sequence[Callable[[], object]], k: int) -> torch.cuda.CUDAGraph:
     """A CUDA graph of ``k`` calls cycling through ``calls`` (warmed up on a side stream first)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -107,7 +107,7 @@ def time_calls(
     if graph and device == "cuda":
         try:
             k = int(min(max_graph_calls, max(len(calls), math.ceil(graph_ms / max(est_ms, 1e-3)))))
-            cuda_graph = _capture(calls, k)
+            cuda_graph = capture_graph(calls, k)
             cuda_graph.replay()
             torch.cuda.synchronize()
             step, per_step = cuda_graph.replay, k

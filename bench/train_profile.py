@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -32,26 +31,12 @@ from pathlib import Path
 import _common as C
 import torch
 import train_step
+from kernel_kinds import kind_of
 from timing import measure_peak, time_calls
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 import yolo13_attn
-
-#: kernel-name patterns per kind, first match wins
-KINDS = (
-    ("attention", r"flash|fmha|sdpa|area_attention|hypergraph|softmax"),
-    ("layout copy", r"direct_copy|nchwToNhwc|nhwcToNchw|transpose|CatArray|copy_kernel"),
-    ("conv/GEMM", r"conv|cudnn|nvjet|cutlass|gemm|xmma|implicit|wgrad|dgrad|splitK"),
-    ("normalisation", r"batch_norm|bn_|welford"),
-    ("reduction", r"reduce"),
-    ("elementwise", r"elementwise|vectorized|unrolled"),
-    ("memset", r"[Mm]emset|fill"),
-)
-
-
-def kind_of(kernel: str) -> str:
-    return next((kind for kind, pat in KINDS if re.search(pat, kernel)), "other")
 
 
 def layer_inputs(model: torch.nn.Module, img: torch.Tensor) -> list[tuple]:
