@@ -127,7 +127,9 @@ def profile_case(base, case: tuple, backends: list[str], args, peaks: dict) -> d
                 if args.layers:
                     for layer, layer_args in zip(model.model, inputs):
                         part = compiled(layer)
-                        rec["layer_ms"].append(graph_time(functools.partial(part, *layer_args), 0.5)[0])
+                        ms_layer, layer_kernels = graph_time(functools.partial(part, *layer_args), 0.5)
+                        rec["layer_ms"].append(ms_layer)
+                        rec.setdefault("layer_launches", []).append(round(sum(n for _, n in layer_kernels.values())))
             finally:
                 if handle is not None:
                     handle.undo()
@@ -180,14 +182,16 @@ def markdown(data: dict) -> str:
         lines.append("")
         if "layers" in res:
             lines += [f"### {title}: per layer, each compiled alone (ms)", ""]
-            lines.append("| layer | GFLOP | MB | floor | " + " | ".join(names) + " | fraction of floor (last) |")
-            lines.append("|---" * (len(names) + 5) + "|")
+            lines.append(
+                "| layer | GFLOP | MB | floor | " + " | ".join(names) + " | launches (last) | floor / time (last) |"
+            )
+            lines.append("|---" * (len(names) + 6) + "|")
             for j, row in enumerate(res["layers"]):
                 times = [res["backends"][b]["layer_ms"][j] for b in names]
                 lines.append(
                     f"| {row['index']} {row['type']} | {row['gflop']:.2f} | {row['mb']:.1f} | {row['floor_ms']:.3f} | "
                     + " | ".join(f"{t:.3f}" for t in times)
-                    + f" | {row['floor_ms'] / times[-1]:.2f} |"
+                    + f" | {res['backends'][names[-1]]['layer_launches'][j]} | {row['floor_ms'] / times[-1]:.2f} |"
                 )
             lines.append("")
         for b in names:

@@ -11,8 +11,8 @@ import re
 
 KINDS = (
     ("attention", r"flash|fmha|sdpa|area_attention|hypergraph|softmax"),
-    ("layout copy", r"direct_copy|nchwToNhwc|nhwcToNchw|transpose|CatArray|copy_kernel|fused_(clone|copy)_\d+$"),
-    ("depthwise conv", r"depthwise|dwconv"),
+    ("layout copy", r"direct_copy|nchwToNhwc|nhwcToNchw|tensorTransform|transpose|CatArray|copy_|_(clone|copy)_\d+$"),
+    ("depthwise conv", r"depthwise|dwconv|conv2d_c1_k1"),
     ("elementwise", r"triton_poi|elementwise|vectorized|unrolled"),
     ("reduction", r"triton_red|triton_per|(?<!splitK)reduce"),
     ("conv/GEMM", r"conv|cudnn|nvjet|cutlass|gemm|xmma|implicit|wgrad|dgrad|splitK"),

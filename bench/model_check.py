@@ -53,7 +53,7 @@ class Reference:
     def __post_init__(self):
         model64 = copy.deepcopy(self.base).to(device=self.x.device, dtype=torch.float64)
         hooks = [
-            layer.register_forward_hook(self._capture(name)) for name, layer in yolo13_attn.attention_layers(model64)
+            layer.register_forward_hook(self._capture(name)) for name, layer in yolo13_attn.patchable_layers(model64)
         ]
         try:
             with torch.inference_mode():

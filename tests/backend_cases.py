@@ -59,7 +59,7 @@ def count_calls(monkeypatch, op: str, name: str) -> list[bool]:
     """Record each call that reaches backend ``name`` of ``op`` (True when made while exporting)."""
     calls: list[bool] = []
     backend = get_backend(op, name)
-    entry = "forward" if op == AREA else "aggregate"
+    entry = "aggregate" if op == HYPERGRAPH else "forward"
     original = getattr(backend, entry)
     monkeypatch.setattr(backend, entry, lambda *a, **k: calls.append(exporting()) or original(*a, **k))
     return calls

@@ -80,7 +80,9 @@ def record_worker(out_dir: Path, trainer: DetectionTrainer) -> None:
     def layers(model) -> dict[str, list | None]:
         bindings = {name: layer.__dict__.get(BINDING_ATTR) for name, layer in attention_layers(model)}
         return {
-            r.name: bindings[r.name] and [r.requested, r.backend, bindings[r.name].check_finite] for r in report(model)
+            r.name: bindings[r.name] and [r.requested, r.backend, bindings[r.name].check_finite]
+            for r in report(model)
+            if r.name in bindings
         }
 
     model = getattr(trainer.model, "module", trainer.model)

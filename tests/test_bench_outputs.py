@@ -102,7 +102,7 @@ def test_bench_outputs_json_keys(results, script):
     for key in ("torch", "triton", "ultralytics", "gpu", "python"):
         assert key in data["environment"], key
     assert "naive" in data["backends_run"]
-    assert set(data["backends"]) == {"area", "hypergraph"}
+    assert set(data["backends"]) == {"area", "hypergraph", "grouped_conv"}
     assert data["configs"], "no configurations"
     for rec in data["configs"]:
         for key in ("backend", "dtype", "batch", "status"):

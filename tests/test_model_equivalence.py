@@ -119,7 +119,7 @@ def test_model_equivalence_training_step_gives_finite_prototype_grads(backend):
     batch = {k: v.to(device) for k, v in batch.items()}
     loss, _ = model.loss(batch)
     loss.sum().backward()
-    assert {r.backend for r in handle.report()} == {backend}
+    assert {r.backend for r in handle.report() if r.op in yolo13_attn.patching.ATTENTION_OPS} == {backend}
     grads = [p.grad for name, p in model.named_parameters() if name.endswith("prototype_base")]
     assert len(grads) == 2 and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 

@@ -12,9 +12,9 @@ import logging
 import sys
 
 from .backends import BackendUnsupportedError, available_backends
-from .functional import area_attention, hypergraph_aggregate, hypergraph_scatter
+from .functional import area_attention, grouped_conv2d, hypergraph_aggregate, hypergraph_scatter
 from .integration.installer import install as _install_into_ultralytics
-from .patching import LayerReport, PatchHandle, attention_layers, patch, unpatch
+from .patching import LayerReport, PatchHandle, attention_layers, patch, patchable_layers, unpatch
 from .profiling import format_kernels_by_layer, kernels_by_layer
 
 __version__ = "0.1.0"
@@ -57,8 +57,10 @@ __all__ = [
     "format_kernels_by_layer",
     "kernels_by_layer",
     "available_backends",
+    "grouped_conv2d",
     "hypergraph_aggregate",
     "hypergraph_scatter",
     "patch",
+    "patchable_layers",
     "unpatch",
 ]

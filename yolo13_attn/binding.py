@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .backends.base import AREA, Backend, KernelPlan, OpCall
+from .backends.base import HYPERGRAPH, Backend, KernelPlan, OpCall
 from .backends.registry import AUTO, BackendUnsupportedError, auto_order, get_backend, select
 
 #: ``(device, dtype, head_dim, requires_grad, has_dropout_mask, compiling)``: what decides the backend of one call
@@ -60,6 +60,12 @@ def hypergraph_call_key(x: Tensor, xp: Tensor, prototypes: Tensor, dropout_mask:
     """The key of a hypergraph call with x/xp ``(B, N, D)``, prototypes ``(B, M, D)``."""
     compiling = torch.compiler.is_compiling()
     return (device_name(x.device), x.dtype, x.shape[-1], _grad(x, xp, prototypes), dropout_mask is not None, compiling)
+
+
+def grouped_conv_call_key(x: Tensor, weight: Tensor, bias: Tensor | None) -> CallKey:
+    """The key of a grouped convolution of x ``(B, C_in, H, W)`` with weight ``(C_out, C_in / groups, kh, kw)``."""
+    grad = _grad(x, weight, *(() if bias is None else (bias,)))
+    return (device_name(x.device), x.dtype, weight.shape[1], grad, False, torch.compiler.is_compiling())
 
 
 def call_of(op: str, key: CallKey) -> OpCall:
@@ -140,7 +146,7 @@ class OpPlan:
 
     def plan_ahead(self, head_dims: set[int], devices: list[str]) -> None:
         """Plan every call the layers can make on ``devices``: dtypes x head dims x grad x dropout x compiled."""
-        masks = (False,) if self.op == AREA else (False, True)
+        masks = (False, True) if self.op == HYPERGRAPH else (False,)
         for key in itertools.product(devices, PLANNED_DTYPES, sorted(head_dims), (False, True), masks, (False, True)):
             self.plan(key)
 

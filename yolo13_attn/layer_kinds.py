@@ -9,6 +9,9 @@ without the binding (a checkpoint of a patched model holds no patched state), wh
 from __future__ import annotations
 
 import copy
+import copyreg
+import inspect
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +19,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import nn as v13
-from .backends.base import AREA, HYPERGRAPH
-from .binding import Binding, area_call_key, hypergraph_call_key
-from .functional import area_attention
-from .integration.ultralytics_api import StockAAttn
+from .backends.base import AREA, GROUPED_CONV, HYPERGRAPH
+from .binding import Binding, area_call_key, grouped_conv_call_key, hypergraph_call_key
+from .functional import area_attention, grouped_conv2d
+from .integration.ultralytics_api import Conv, StockAAttn
 from .nn.area_attention import heads_view
 from .ops.checks import check_finite
 
@@ -37,16 +40,40 @@ def yolo12_aattn_forward(self: StockAAttn, x: Tensor) -> Tensor:
     return self.proj(out.view(b, -1, h, w) + self.pe(v_image))
 
 
+def _grouped_conv(self: Conv, x: Tensor) -> Tensor:
+    conv = self.conv
+    backend = self.grouped_conv_backend(x, conv.weight, conv.bias)
+    args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    return grouped_conv2d(x, conv.weight, conv.bias, *args, backend=backend, layer=self)
+
+
+def grouped_conv_forward(self: Conv, x: Tensor) -> Tensor:
+    """Ultralytics ``Conv.forward`` (conv -> BN -> act) with the convolution served by a backend."""
+    return self.act(self.bn(_grouped_conv(self, x)))
+
+
+def grouped_conv_forward_fuse(self: Conv, x: Tensor) -> Tensor:
+    """Ultralytics ``Conv.forward_fuse`` (conv with BN folded in -> act) with the convolution served by a backend."""
+    return self.act(_grouped_conv(self, x))
+
+
+def _is_grouped(layer: Conv) -> bool:
+    """A grouped convolution that is not depthwise: 1 < groups < C_in, zero padding."""
+    conv = layer.conv
+    return 1 < conv.groups < conv.in_channels and conv.padding_mode == "zeros"
+
+
 @dataclass(frozen=True)
 class LayerKind:
-    """A patchable layer class: its op, its attention head width, whether it drops logits out in
-    training, and extra overrides."""
+    """A patchable layer class: its op, its head width (a grouped convolution's input channels per
+    group), whether it drops logits out in training, extra overrides, and which instances it covers."""
 
     op: str
     cls: type[nn.Module]
     head_dim: Callable[[Any], int]
     overrides: dict[str, Any] = field(default_factory=dict)
     logit_dropout: Callable[[Any], bool] = lambda layer: False
+    covers: Callable[[Any], bool] = lambda layer: True
 
 
 LAYER_KINDS: tuple[LayerKind, ...] = (
@@ -57,6 +84,13 @@ LAYER_KINDS: tuple[LayerKind, ...] = (
         v13.AdaHGConv,
         lambda m: m.edge_generator.prototype_base.shape[1],
         logit_dropout=lambda m: m.edge_generator.dropout.p > 0,
+    ),
+    LayerKind(
+        GROUPED_CONV,
+        Conv,
+        lambda m: m.conv.in_channels // m.conv.groups,
+        {"forward": grouped_conv_forward, "forward_fuse": grouped_conv_forward_fuse},
+        covers=_is_grouped,
     ),
 )
 
@@ -83,6 +117,11 @@ class PatchedLayer:
             check_finite(self.binding.name, x=x, xp=xp, prototypes=prototypes)
         return self.binding.backend_for(hypergraph_call_key(x, xp, prototypes, dropout_mask))
 
+    def grouped_conv_backend(self, x: Tensor, weight: Tensor, bias: Tensor | None):
+        if self.binding.check_finite:
+            check_finite(self.binding.name, x=x)
+        return self.binding.backend_for(grouped_conv_call_key(x, weight, bias))
+
     def unpatched_twin(self) -> nn.Module:
         """A shallow copy of this layer as its original class, without the binding."""
         twin = object.__new__(self._unpatched_class)
@@ -90,14 +129,22 @@ class PatchedLayer:
         return twin
 
     def __reduce_ex__(self, protocol: int):
-        """Pickled exactly as the unpatched layer would be (a checkpoint holds no patched state)."""
-        return self.unpatched_twin().__reduce_ex__(protocol)
+        """Pickled as the unpatched layer would be (a checkpoint holds no patched state). Pickle refuses a
+        ``copyreg.__newobj__`` of a class other than the object's own, so that form becomes the equivalent
+        ``copyreg._reconstructor`` one (``object.__new__`` of the original class, then its state)."""
+        reduced = self.unpatched_twin().__reduce_ex__(protocol)
+        if reduced[0] is copyreg.__newobj__ and len(reduced[1]) == 1:
+            reduced = (copyreg._reconstructor, (reduced[1][0], object, None), *reduced[2:])
+        return reduced
 
     def __deepcopy__(self, memo: dict) -> nn.Module:
-        clone = copy.deepcopy(self.unpatched_twin(), memo)
-        clone.__class__ = type(self)
-        clone.__dict__[BINDING_ATTR] = copy.deepcopy(self.binding, memo)
+        """Same class and binding; registered in ``memo`` first, so attributes that refer back to the layer
+        (``forward = forward_fuse`` after Ultralytics' ``fuse()``) copy to the clone."""
+        clone = object.__new__(type(self))
         memo[id(self)] = clone
+        state = copy.deepcopy({k: v for k, v in self.__dict__.items() if k != BINDING_ATTR}, memo)
+        clone.__setstate__(state)
+        clone.__dict__[BINDING_ATTR] = copy.deepcopy(self.binding, memo)
         return clone
 
 
@@ -107,7 +154,23 @@ _PATCHED: dict[type, type] = {}
 def kind_of(layer: nn.Module) -> LayerKind | None:
     """The LayerKind of a (patched or unpatched) layer, or None if it is not patchable."""
     cls = getattr(type(layer), "_unpatched_class", type(layer))
-    return next((kind for kind in LAYER_KINDS if kind.cls is cls), None)
+    return next((kind for kind in LAYER_KINDS if kind.cls is cls and kind.covers(layer)), None)
+
+
+def _follow_class(layer: nn.Module) -> None:
+    """Instance attributes holding the layer's own bound methods (Ultralytics' ``fuse()`` sets
+    ``forward = forward_fuse``) re-resolve on the layer's current class."""
+    for attr, value in list(vars(layer).items()):
+        if inspect.ismethod(value) and value.__self__ is layer:
+            layer.__dict__[attr] = getattr(layer, value.__func__.__name__)
+
+
+def _renamed(fn: Callable, name: str, owner: str) -> Callable:
+    """``fn`` as the method ``name`` of ``owner``: a method bound to a layer (``forward = forward_fuse`` after
+    ``fuse()``) pickles by its function's name, which must then name the original class's method."""
+    method = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    method.__qualname__, method.__doc__, method.__kwdefaults__ = f"{owner}.{name}", fn.__doc__, fn.__kwdefaults__
+    return method
 
 
 def patched_class(kind: LayerKind) -> type[nn.Module]:
@@ -118,7 +181,8 @@ def patched_class(kind: LayerKind) -> type[nn.Module]:
             "__module__": kind.cls.__module__,
             "__qualname__": kind.cls.__qualname__,
         }
-        _PATCHED[kind.cls] = type(kind.cls.__name__, (PatchedLayer, kind.cls), {**namespace, **kind.overrides})
+        overrides = {name: _renamed(fn, name, kind.cls.__qualname__) for name, fn in kind.overrides.items()}
+        _PATCHED[kind.cls] = type(kind.cls.__name__, (PatchedLayer, kind.cls), {**namespace, **overrides})
     return _PATCHED[kind.cls]
 
 
@@ -126,6 +190,7 @@ def bind(layer: nn.Module, kind: LayerKind, binding: Binding) -> None:
     """Patch ``layer`` in place."""
     layer.__class__ = patched_class(kind)
     layer.__dict__[BINDING_ATTR] = binding
+    _follow_class(layer)
 
 
 def unbind(layer: nn.Module) -> bool:
@@ -135,4 +200,5 @@ def unbind(layer: nn.Module) -> bool:
         return False
     layer.__dict__.pop(BINDING_ATTR, None)
     layer.__class__ = original
+    _follow_class(layer)
     return True

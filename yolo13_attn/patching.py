@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .backends.base import OPS
+from .backends.base import AREA, HYPERGRAPH
 from .backends.registry import AUTO, DEFAULT_BACKEND_ENV, BackendUnsupportedError, default_backend, validate_spec
 from .binding import Binding, Choice, OpPlan, PatchEntry, PatchState, call_of, device_name, machine_devices
 from .integration.ultralytics_api import (
@@ -47,6 +47,7 @@ from .integration.ultralytics_api import (
 from .layer_kinds import BINDING_ATTR, LayerKind, bind, kind_of, unbind
 
 LOGGER = logging.getLogger("yolo13_attn")
+ATTENTION_OPS = (AREA, HYPERGRAPH)
 BackendSpec = str | Mapping[str, str] | None
 YOLO_STATE_ATTR = "_yolo13_patch"
 
@@ -83,7 +84,7 @@ def _resolve_spec(backend: BackendSpec) -> dict[str, tuple[str, str]]:
     names, None to every op with ``$YOLO13_ATTN_BACKEND`` (or ``auto``)."""
     if backend is None:
         source = f"${DEFAULT_BACKEND_ENV}" if os.environ.get(DEFAULT_BACKEND_ENV, "").strip() else "default"
-        return dict.fromkeys(OPS, (default_backend(), source))
+        return {op: (name, source) for op, name in validate_spec(default_backend()).items()}
     return {op: (name, "argument") for op, name in validate_spec(backend).items()}
 
 
@@ -105,9 +106,15 @@ def _patchable(root: nn.Module) -> Iterator[tuple[str, nn.Module, LayerKind]]:
             yield name or type(module).__name__, module, kind
 
 
+def patchable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every layer ``patch()`` serves in ``model`` (YOLO object or module): the attention
+    layers and the grouped (not depthwise) convolutions."""
+    return [(name, layer) for name, layer, _ in _patchable(_root_module(model))]
+
+
 def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, layer)`` for every patchable attention layer of ``model`` (YOLO object or module)."""
-    return [(name, layer) for name, layer, _ in _patchable(_root_module(model))]
+    return [(name, layer) for name, layer, kind in _patchable(_root_module(model)) if kind.op in ATTENTION_OPS]
 
 
 def _layer_key(layer: nn.Module, kind: LayerKind, training: bool = False, compiling: bool = False) -> tuple:
@@ -285,7 +292,7 @@ def patch(
     layers = [item for item in _patchable(root) if item[2].op in spec]
     if not layers:
         warnings.warn(
-            f"yolo13_attn.patch: {type(root).__name__} has no attention layers to patch for ops {sorted(spec)}",
+            f"yolo13_attn.patch: {type(root).__name__} has no layers to patch for ops {sorted(spec)}",
             stacklevel=2,
         )
         return PatchHandle(model, None, None)

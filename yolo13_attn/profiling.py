@@ -1,4 +1,4 @@
-"""Proof of what ran: the GPU kernels each attention layer launched in one forward.
+"""Proof of what ran: the GPU kernels each patchable layer (attention, grouped convolution) launched in one forward.
 
 Forward hooks can say which Python function was called, not which kernel the GPU executed
 (SDPA picks its kernel inside C++; a fallback may be silent). Here the hooks only open and close
@@ -16,7 +16,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 
 from .integration.ultralytics_api import is_yolo
-from .patching import attention_layers
+from .patching import patchable_layers
 
 RANGE_PREFIX = "yolo13_attn::layer::"
 
@@ -40,10 +40,10 @@ def _kernels_of(event) -> Counter:
 def kernels_by_layer(model: nn.Module, *inputs: torch.Tensor) -> dict[str, Counter]:
     """Run ``model(*inputs)`` once under the profiler; return ``{layer name: Counter(kernel name)}``.
 
-    ``model`` may be a YOLO object, a DetectionModel or any module with attention layers
+    ``model`` may be a YOLO object, a DetectionModel or any module with patchable layers
     (patched or not). Layer names are those of ``named_modules()``.
     """
-    layers = attention_layers(model)
+    layers = patchable_layers(model)
     ranges: dict[str, record_function] = {}
     hooks = []
     for name, layer in layers:

@@ -16,15 +16,17 @@ from torch import Tensor
 
 AREA = "area"
 HYPERGRAPH = "hypergraph"
-OPS = (AREA, HYPERGRAPH)
+GROUPED_CONV = "grouped_conv"
+OPS = (AREA, HYPERGRAPH, GROUPED_CONV)
 
 
 @dataclass(frozen=True)
 class OpCall:
     """The facts about one call of an op that decide which backend may serve it.
 
-    ``head_dim`` is the per-head width for area attention and the full embedding width D for the
-    hypergraph (its aggregation is one attention head of width D). ``compiling``: the call is traced
+    ``head_dim`` is the per-head width for area attention, the full embedding width D for the
+    hypergraph (its aggregation is one attention head of width D) and the input channels per group
+    for a grouped convolution. ``compiling``: the call is traced
     by ``torch.compile`` (``auto`` may then choose differently).
     """
 
@@ -51,6 +53,12 @@ class OpCall:
         """Describe a hypergraph call with x/xp ``(B, N, D)`` and prototypes ``(B, M, D)``."""
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, xp, prototypes))
         return cls(HYPERGRAPH, x.device, x.dtype, x.shape[-1], grad, dropout_mask is not None)
+
+    @classmethod
+    def for_grouped_conv(cls, x: Tensor, weight: Tensor, bias: Tensor | None) -> OpCall:
+        """Describe a grouped convolution of x ``(B, C_in, H, W)`` with weight ``(C_out, C_in / groups, kh, kw)``."""
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        return cls(GROUPED_CONV, x.device, x.dtype, weight.shape[1], grad)
 
 
 @dataclass(frozen=True)
@@ -197,4 +205,15 @@ class HypergraphBackend(Backend):
         cls, xp: Tensor, prototypes: Tensor, lse: Tensor, he: Tensor, scale: float, dropout_mask: Tensor | None
     ) -> Tensor:
         """``xn (B, N, D)``."""
+        raise NotImplementedError
+
+
+class GroupedConvBackend(Backend):
+    """A grouped 2-D convolution (``ops/grouped_conv.py``): ``forward(x, weight, bias, stride, padding,
+    dilation, groups)`` with x ``(B, C_in, H, W)`` and weight ``(C_out, C_in / groups, kh, kw)``."""
+
+    op: ClassVar[str] = GROUPED_CONV
+
+    @classmethod
+    def forward(cls, x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int) -> Tensor:
         raise NotImplementedError

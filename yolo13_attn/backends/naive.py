@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..ops.grouped_conv import grouped_conv_reference
 from ..ops.reference import area_attention_reference, hypergraph_aggregate_reference, hypergraph_scatter_reference
-from .base import AreaAttentionBackend, HypergraphBackend, KernelPlan, OpCall
+from .base import AreaAttentionBackend, GroupedConvBackend, HypergraphBackend, KernelPlan, OpCall
 from .registry import register
 
 
@@ -46,3 +47,18 @@ class NaiveHypergraph(HypergraphBackend):
     @classmethod
     def scatter(cls, xp, prototypes, lse, he, scale, dropout_mask):
         return hypergraph_scatter_reference(xp, prototypes, lse, he, scale, dropout_mask)
+
+
+@register
+class NaiveGroupedConv(GroupedConvBackend):
+    name = "naive"
+    priority = compiled_priority = 100
+    description = "the grouped convolution as PyTorch runs it (F.conv2d with groups), as the official code"
+
+    @classmethod
+    def plan(cls, call: OpCall) -> KernelPlan:
+        return KernelPlan("F.conv2d with groups (reference)", call.dtype)
+
+    @classmethod
+    def forward(cls, x, weight, bias, stride, padding, dilation, groups):
+        return grouped_conv_reference(x, weight, bias, stride, padding, dilation, groups)

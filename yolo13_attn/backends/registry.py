@@ -16,7 +16,7 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .base import AREA, HYPERGRAPH, OPS, Backend, OpCall
+from .base import AREA, OPS, Backend, OpCall
 from .measured import measured_order
 
 AUTO = "auto"
@@ -109,7 +109,8 @@ def validate_name(value: object, *, source: str = "backend") -> str:
 
 
 def validate_spec(spec: object, *, source: str = "backend") -> dict[str, str]:
-    """``patch()``'s backend argument as ``{op: name}``: a name serves every op, a dict only the ops it names.
+    """``patch()``'s backend argument as ``{op: name}``: a name serves every op it implements (``auto`` every op),
+    a dict only the ops it names.
 
     Raises:
         TypeError: ``spec`` is neither a str nor a mapping (bytes included), or a name in it is not a str.
@@ -117,7 +118,7 @@ def validate_spec(spec: object, *, source: str = "backend") -> dict[str, str]:
     """
     if isinstance(spec, str):
         name = validate_name(spec, source=source)
-        return {op: name for op in OPS}
+        return {op: name for op in OPS if name == AUTO or (op, name) in _BACKENDS}
     if not isinstance(spec, Mapping):
         raise TypeError(
             f"{source} must be a backend name (str) or a dict {{op: name}} over the ops {list(OPS)}, "
@@ -204,7 +205,7 @@ def available_backends() -> dict[str, dict[str, dict[str, object]]]:
     """Every backend of every op: availability, reasons, and declared capabilities."""
     _load_backends()
     report: dict[str, dict[str, dict[str, object]]] = {}
-    for op in (AREA, HYPERGRAPH):
+    for op in OPS:
         report[op] = {}
         for backend in backends_for(op):
             reasons = backend.availability_reasons()

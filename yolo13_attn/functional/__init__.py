@@ -5,6 +5,7 @@ functions check the inputs once, pick the backend (a name, a backend class, or `
 """
 
 from .area_attention import area_attention
+from .grouped_conv import grouped_conv2d
 from .hypergraph import hypergraph_aggregate, hypergraph_scatter
 
-__all__ = ["area_attention", "hypergraph_aggregate", "hypergraph_scatter"]
+__all__ = ["area_attention", "grouped_conv2d", "hypergraph_aggregate", "hypergraph_scatter"]

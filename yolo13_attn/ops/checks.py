@@ -191,6 +191,31 @@ def check_scatter_inputs(
     return xp, prototypes, lse, he, dropout_mask
 
 
+def check_grouped_conv_inputs(
+    x: Tensor, weight: Tensor, bias: Tensor | None, groups: object, layer: LayerRef = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """x ``(B, C_in, H, W)``, weight ``(C_out, C_in / groups, kh, kw)`` and bias ``(C_out,)`` of a grouped
+    convolution, after the shared tensor rules; ``groups`` an int >= 1 dividing C_in and C_out."""
+    where = _where(layer)
+    x, weight, bias = checked_tensors(where, x=x, weight=weight, bias=bias)
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise TypeError(f"{where}groups must be an int >= 1, got {type(groups).__name__} {groups!r}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"{where}x must be (B, C_in, H, W) and weight (C_out, C_in / groups, kh, kw), got x {tuple(x.shape)}, "
+            f"weight {tuple(weight.shape)}"
+        )
+    c_out, c_in_group = weight.shape[:2]
+    if x.shape[1] != c_in_group * groups or c_out % groups:
+        raise ValueError(
+            f"{where}x has {x.shape[1]} channels; weight {tuple(weight.shape)} with groups={groups} needs "
+            f"C_in = {c_in_group * groups} and C_out divisible by {groups}"
+        )
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"{where}bias must be ({c_out},), got {tuple(bias.shape)}")
+    return x, weight, bias
+
+
 def check_finite(layer: str, **tensors: Tensor) -> None:
     """Raise ValueError naming ``layer`` if any tensor holds NaN or inf (host sync: opt-in only)."""
     for name, t in tensors.items():
