@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import types
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from backend_cases import DEVICES, available, dtype_id, skip_unless_runs
 from ultralytics.nn.modules import Conv
 
 import yolo13_attn
-from yolo13_attn.backends import OpCall, get_backend, validate_spec
+from yolo13_attn.backends import OpCall, get_backend, select, validate_spec
 from yolo13_attn.backends.base import GROUPED_CONV
 from yolo13_attn.ops import block_diagonal_weight
 from yolo13_attn.testing import assert_flash_rule
@@ -163,9 +164,27 @@ def test_dense_grouped_conv_patch_is_exact_reversible_and_follows_fuse_copies_an
         torch.testing.assert_close(model(x)[0], ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("grad, expected", [(False, "dense"), (True, "naive")], ids=["inference", "training"])
+def test_auto_takes_dense_for_cuda_inference_only(grad, expected):
+    """Declared choice for a CUDA call (no GPU needed to plan it): dense where it was measured faster."""
+    call = OpCall(GROUPED_CONV, torch.device("cuda"), torch.float16, 48, requires_grad=grad)
+    assert select(call, "auto")[0].name == expected
+
+
 def test_auto_keeps_grouped_convs_on_pytorch_on_the_cpu(yolo):
     """``dense`` costs groups x the FLOPs: ``auto`` takes it on CUDA only."""
     handle = yolo13_attn.patch(yolo, "auto")
     rows = [r for r in handle.report() if r.op == GROUPED_CONV]
     assert len(rows) == 2 and {r.backend for r in rows} == {"naive"}
     assert "dense" in " ".join(f"{r.skipped}" for r in rows)
+
+
+def test_a_method_set_on_the_layer_by_the_user_survives_patching(yolo):
+    """Only the layer class's own methods bound on the instance follow a patch; any other stays as set."""
+    layer = yolo.model.model[1]
+    layer.forward = types.MethodType(lambda self, x: x * 0, layer)
+    handle = yolo13_attn.patch(yolo, {GROUPED_CONV: "dense"})
+    x = torch.randn(1, layer.conv.in_channels, 8, 8)
+    assert not layer(x).any()
+    handle.undo()
+    assert not layer(x).any()

@@ -157,12 +157,14 @@ def kind_of(layer: nn.Module) -> LayerKind | None:
     return next((kind for kind in LAYER_KINDS if kind.cls is cls and kind.covers(layer)), None)
 
 
-def _follow_class(layer: nn.Module) -> None:
-    """Instance attributes holding the layer's own bound methods (Ultralytics' ``fuse()`` sets
-    ``forward = forward_fuse``) re-resolve on the layer's current class."""
+def _follow_class(layer: nn.Module, previous: type) -> None:
+    """Instance attributes holding a method of the layer's ``previous`` class bound to the layer (Ultralytics'
+    ``fuse()`` sets ``forward = forward_fuse``) re-resolve on its current class; other attributes stay."""
     for attr, value in list(vars(layer).items()):
         if inspect.ismethod(value) and value.__self__ is layer:
-            layer.__dict__[attr] = getattr(layer, value.__func__.__name__)
+            name = value.__func__.__name__
+            if getattr(previous, name, None) is value.__func__:
+                layer.__dict__[attr] = getattr(layer, name)
 
 
 def _renamed(fn: Callable, name: str, owner: str) -> Callable:
@@ -188,9 +190,10 @@ def patched_class(kind: LayerKind) -> type[nn.Module]:
 
 def bind(layer: nn.Module, kind: LayerKind, binding: Binding) -> None:
     """Patch ``layer`` in place."""
+    previous = type(layer)
     layer.__class__ = patched_class(kind)
     layer.__dict__[BINDING_ATTR] = binding
-    _follow_class(layer)
+    _follow_class(layer, previous)
 
 
 def unbind(layer: nn.Module) -> bool:
@@ -199,6 +202,6 @@ def unbind(layer: nn.Module) -> bool:
     if original is None:
         return False
     layer.__dict__.pop(BINDING_ATTR, None)
-    layer.__class__ = original
-    _follow_class(layer)
+    previous, layer.__class__ = type(layer), original
+    _follow_class(layer, previous)
     return True

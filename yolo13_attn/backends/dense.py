@@ -4,7 +4,8 @@ The same sums as the grouped convolution (``ops/grouped_conv.py`` says why), in 
 library's fastest kernels: on an H100 in fp16 the two grouped convolutions of YOLOv13-x's backbone
 at batch 16 take 0.38-0.40 ms each this way, against 2.0-2.8 ms grouped in channels-last (cuDNN
 transforms the whole activation's layout around its grouped kernel) and 0.8-1.4 ms in NCHW, for
-g = 2 and 4 times the FLOPs. ``auto`` picks it on CUDA only: on a CPU the extra FLOPs cost time.
+g = 2 and 4 times the FLOPs. ``auto`` picks it for inference on CUDA only: on a CPU the extra FLOPs
+cost time, and its training step (a g times larger weight-gradient product) has not been measured.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ class DenseGroupedConv(GroupedConvBackend):
                 "no backward on the CPU: oneDNN's dense weight gradient misses the 2x rule against its grouped one "
                 "(float32, 7x the grouped kernel's error)"
             )
+        return reasons
+
+    @classmethod
+    def auto_reasons(cls, call: OpCall) -> list[str]:
+        reasons = super().auto_reasons(call)
+        if call.requires_grad:
+            reasons.append("training (forward + backward) not measured: auto keeps the grouped convolution there")
         return reasons
 
     @classmethod
