@@ -38,17 +38,13 @@ import torch
 from kernel_kinds import KINDS, kind_of
 from model_check import build_base
 from timing import capture_graph, time_calls
-from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
+from train_profile import layer_inputs, nbytes
 
 import yolo13_attn
 
 #: kernels listed per (case, backend), by total time
 TOP_KERNELS = 25
-
-
-def _nbytes(tree) -> int:
-    return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
 def graph_time(call, max_total_s: float = 3.0) -> tuple[float, dict[str, list[float]]]:
@@ -75,21 +71,6 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> list[tuple]:
-    """The positional inputs of every ``model.model[i]`` in one forward of ``model`` on ``x``."""
-    captured: list[tuple] = [()] * len(model.model)
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, args, i=i: captured.__setitem__(i, args))
-        for i, m in enumerate(model.model)
-    ]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured
-
-
 def layer_costs(model: torch.nn.Module, inputs: list[tuple], peaks: dict) -> list[dict]:
     """Per layer of the unpatched ``model``: type, GFLOP, compulsory MB and floor ms on ``inputs``."""
     rows = []
@@ -97,8 +78,8 @@ def layer_costs(model: torch.nn.Module, inputs: list[tuple], peaks: dict) -> lis
         counter = FlopCounterMode(display=False)
         with counter:
             out = layer(*args)
-        weights = sum(_nbytes(t) for t in (*layer.parameters(), *layer.buffers()))
-        byts, flops = _nbytes(args) + _nbytes(out) + weights, counter.get_total_flops()
+        weights = sum(nbytes(t) for t in (*layer.parameters(), *layer.buffers()))
+        byts, flops = nbytes(args) + nbytes(out) + weights, counter.get_total_flops()
         floor = max(byts / peaks["bw_Bps"], flops / peaks["flops"]["fp16"]) * 1e3
         row = {"index": i, "type": type(layer).__name__, "gflop": flops / 1e9, "mb": byts / 1e6}
         rows.append(row | {"floor_ms": floor})

@@ -15,7 +15,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from timing import time_calls
+from compiled_profile import graph_time
 
 from yolo13_attn.ops import dense_grouped_conv
 
@@ -30,12 +30,8 @@ SHAPES = (
 
 def measure(fn) -> tuple[float, list[str]]:
     """CUDA-graph median ms of ``fn`` and the kernels one call launches."""
-    timing = time_calls([fn], "cuda", graph=True, graph_ms=0.0, min_sample_ms=5.0, max_total_s=1.0)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    kernels = sorted({e.name[:60] for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})
-    return timing.median, kernels
+    ms, kernels = graph_time(fn, max_total_s=1.0)
+    return ms, sorted({name[:60] for name in kernels})
 
 
 def variants(x, w, b, groups):

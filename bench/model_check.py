@@ -2,9 +2,9 @@
 
 Each model is built from its yaml on stock Ultralytics with seeded random weights (nothing is
 downloaded), BatchNorm calibrated on random images so activations stay O(1), then BN fused.
-The check runs at batch 1: every attention layer, patched, on the input it sees in the float64
-model's forward, under the flash rule (baseline: the unpatched layer in the baseline dtype), as
-``tests/test_model_equivalence.py`` does. The detections against the float64 model are reported,
+The check runs at batch 1: every patchable layer (attention, grouped convolution), patched, on the
+input it sees in the float64 model's forward, under the flash rule (baseline: the unpatched layer in
+the baseline dtype), as ``tests/test_model_equivalence.py`` does. The detections against the float64 model are reported,
 not judged: with random weights rounding differences grow through the network (a backend whose
 every layer is within its bound can land past the bound on the detections), and fp16 detections of
 the larger models can overflow, which makes their bound infinite.
@@ -42,7 +42,7 @@ def detections(out) -> torch.Tensor:
 
 @dataclass
 class Reference:
-    """One model at one image size: the float64 forward of ``x`` ``(1, 3, H, W)``, per attention layer too."""
+    """One model at one image size: the float64 forward of ``x`` ``(1, 3, H, W)``, per patchable layer too."""
 
     base: torch.nn.Module
     x: torch.Tensor
@@ -81,7 +81,7 @@ class Reference:
         return self._baselines[(dtype, compute)]
 
     def check(self, model: torch.nn.Module, dtype: torch.dtype, handle) -> dict:
-        """The flash rule per attention layer of ``model`` (patched by ``handle``; None: unpatched) and for its
+        """The flash rule per patchable layer of ``model`` (patched by ``handle``; None: unpatched) and for its
         detections."""
         compute = baseline_dtype(dtype, *(C.report_compute_dtypes(handle) if handle else ()))
         base_det, base_layers = self.baseline(dtype, compute)
@@ -92,7 +92,7 @@ class Reference:
                 layers[name] = {"err": rep.candidate, "bound": rep.bound, "baseline_err": rep.baseline, "pass": rep.ok}
             det = flash_rule(detections(model(self.x.to(dtype))), self.det64, base_det)
         dets = {"err": det.candidate, "bound": det.bound, "baseline_err": det.baseline, "within_bound": det.ok}
-        # pass: every attention layer within its bound; the detections are reported, not judged (module docstring)
+        # pass: every patchable layer within its bound; the detections are reported, not judged (module docstring)
         check = {"pass": all(v["pass"] for v in layers.values()), "baseline_dtype": C.dtype_name(compute), "batch": 1}
         check |= {"layers_checked": len(layers), "layers": layers, "detections": dets}
         if layers:

@@ -40,7 +40,8 @@ import yolo13_attn
 
 
 def layer_inputs(model: torch.nn.Module, img: torch.Tensor) -> list[tuple]:
-    """The positional inputs of every ``model.model[i]`` in one AMP training-mode forward (detached)."""
+    """The positional inputs of every ``model.model[i]`` in one forward of ``model`` (in its current mode) on
+    ``img`` under AMP float16, without autograd (detached)."""
     captured: list[tuple] = [()] * len(model.model)
 
     def hook(i):
@@ -58,7 +59,8 @@ def layer_inputs(model: torch.nn.Module, img: torch.Tensor) -> list[tuple]:
     return captured
 
 
-def _nbytes(tree) -> int:
+def nbytes(tree) -> int:
+    """Bytes of every tensor in ``tree``."""
     return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
@@ -92,7 +94,7 @@ def profile_layer(layer: torch.nn.Module, args: tuple) -> dict:
     counter = FlopCounterMode(display=False)
     with counter:
         torch.autograd.backward(outs, grads)
-    fwd_bytes = _nbytes(args) + _nbytes(outs) + sum(p.numel() * 2 for p in params)
+    fwd_bytes = nbytes(args) + nbytes(outs) + sum(p.numel() * 2 for p in params)
     return {
         "fwd_ms": fwd_ms,
         "bwd_ms": max(step_ms - fwd_ms, 0.0),

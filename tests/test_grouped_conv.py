@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from backend_cases import DEVICES, available, dtype_id, skip_unless_runs
+from backend_cases import DEVICES, HAS_CUDA, available, dtype_id, graph_replay_kernels, skip_unless_runs
 from ultralytics.nn.modules import Conv
 
 import yolo13_attn
@@ -114,7 +114,7 @@ def _grouped_conv_groups(gm: torch.fx.GraphModule) -> list[int]:
     return found
 
 
-def _traced_groups(model, x) -> list[int]:
+def _traced_groups(model, x, grad: bool = False) -> list[int]:
     graphs = []
 
     def backend(gm, _inputs):
@@ -122,7 +122,7 @@ def _traced_groups(model, x) -> list[int]:
         return gm.forward
 
     torch._dynamo.reset()
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         torch.compile(model, backend=backend, dynamic=False)(x)
     torch._dynamo.reset()
     return [g for gm in graphs for g in _grouped_conv_groups(gm)]
@@ -188,3 +188,26 @@ def test_a_method_set_on_the_layer_by_the_user_survives_patching(yolo):
     assert not layer(x).any()
     handle.undo()
     assert not layer(x).any()
+
+
+def test_dense_grouped_conv_eager_profile_shows_the_dense_form(yolo):
+    """Eager proof: the patched layer's profiled operators include the block-diagonal weight's ``where``."""
+    x = torch.rand(1, 3, 64, 64)
+    assert not any("where" in k for k in yolo13_attn.kernels_by_layer(yolo, x)["model.1"])
+    yolo13_attn.patch(yolo, {GROUPED_CONV: "dense"})
+    assert any("where" in k for k in yolo13_attn.kernels_by_layer(yolo, x)["model.1"])
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs and GPU training need a CUDA GPU")
+def test_dense_grouped_conv_on_the_gpu_in_a_cuda_graph_and_compiled_training(yolo):
+    """GPU proof: a CUDA-graph replay of the patched layer runs the dense form's ``where`` kernel (and equals an
+    eager call); the dynamo graph of a training forward (autograd on, float16) holds no grouped convolution."""
+    model = yolo.model.cuda().half().to(memory_format=torch.channels_last)
+    yolo13_attn.patch(model, {GROUPED_CONV: "dense"})
+    layer = model.model[1]
+    static = torch.randn(2, layer.conv.in_channels, 48, 40, device="cuda", dtype=torch.half)
+    kernels = graph_replay_kernels(layer, static.contiguous(memory_format=torch.channels_last))
+    assert any("where" in k for k in kernels), kernels
+    model.train()
+    x = torch.rand(2, 3, 64, 64, device="cuda", dtype=torch.half)
+    assert not {2, 4} & set(_traced_groups(model, x, grad=True))

@@ -89,14 +89,19 @@ def check_scale(scale: object, layer: LayerRef = None) -> float:
     return float(scale)
 
 
+def _count(where: str, name: str, value: object, meaning: str) -> int:
+    """``value`` as an int >= 1: TypeError for anything but an integer (bool and float included), ValueError below 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}{name} must be an int ({meaning}), got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{where}{name} must be >= 1, got {int(value)}")
+    return int(value)
+
+
 def check_area(area: object, n: int, shape: tuple[int, ...], layer: LayerRef = None) -> int:
     """``area`` as an int: an integer >= 1 (not a bool or float) dividing the token count ``n``."""
     where = _where(layer)
-    if isinstance(area, bool) or not isinstance(area, numbers.Integral):
-        raise TypeError(f"{where}area must be an int (the number of strips), got {type(area).__name__} {area!r}")
-    area = int(area)
-    if area < 1:
-        raise ValueError(f"{where}area must be >= 1, got {area}")
+    area = _count(where, "area", area, "the number of strips")
     if n % area:
         raise ValueError(f"{where}token count N={n} (shape {shape}) is not divisible by area={area}")
     return area
@@ -198,8 +203,7 @@ def check_grouped_conv_inputs(
     convolution, after the shared tensor rules; ``groups`` an int >= 1 dividing C_in and C_out."""
     where = _where(layer)
     x, weight, bias = checked_tensors(where, x=x, weight=weight, bias=bias)
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise TypeError(f"{where}groups must be an int >= 1, got {type(groups).__name__} {groups!r}")
+    groups = _count(where, "groups", groups, "the number of channel groups")
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(
             f"{where}x must be (B, C_in, H, W) and weight (C_out, C_in / groups, kh, kw), got x {tuple(x.shape)}, "

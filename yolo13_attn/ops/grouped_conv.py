@@ -35,7 +35,7 @@ def block_diagonal_weight(weight: Tensor, groups: int) -> Tensor:
     c_out, c_in_group, kh, kw = weight.shape
     blocks = weight.view(groups, c_out // groups, 1, c_in_group, kh, kw)
     diagonal = torch.eye(groups, dtype=torch.bool, device=weight.device).view(groups, 1, groups, 1, 1, 1)
-    return torch.where(diagonal, blocks, blocks.new_zeros(())).reshape(c_out, groups * c_in_group, kh, kw)
+    return torch.where(diagonal, blocks, 0.0).reshape(c_out, groups * c_in_group, kh, kw)
 
 
 def dense_grouped_conv(
